@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny real checkpoints saved with save_pretrained (no network, seeded)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny import make_model  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """(base, aligned): a random tiny Llama and a seeded perturbation of it, fp32."""
+    root = tmp_path_factory.mktemp("pair")
+    base = make_model(root / "base", seed=0)
+    aligned = make_model(root / "aligned", seed=1, base=base, scale=0.2)
+    return base, aligned
+
+
+@pytest.fixture(scope="session")
+def tiny_models_dir(tmp_path_factory) -> Path:
+    """A scratch root for tests that build their own variants."""
+    return tmp_path_factory.mktemp("models")
