@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tiny import make_model  # noqa: E402
+from tiny import make_model
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ Sections, one per subsystem.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from calmerge.errors import ConfigError, did_you_mean
 
@@ -88,3 +88,99 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 # ───────────────────────────── sweep ─────────────────────────────
+
+DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
+DEFAULT_EXTRAPOLATION: tuple[float, ...] = (1.1, 1.2)
+
+
+class SweepConfig(Frozen):
+    """Everything a sweep needs; the eval-relevant part is hashed to identify (and resume) a run."""
+
+    base: str
+    aligned: str
+    data: str
+    dev: str | None = None
+    prompts: str | None = None
+    name: str | None = None
+    grid: tuple[float, ...] = DEFAULT_GRID
+    extrapolate: tuple[float, ...] = DEFAULT_EXTRAPOLATION
+    refine: bool = True
+    resolution: float = Field(0.025, gt=0, le=0.5)
+    max_refine_points: int = Field(6, ge=0, le=100)
+    families: tuple[str, ...] = ("linear",)
+    mode: Literal["loglik", "letter"] = "loglik"
+    prompt_template: str | None = None
+    prompt_format: Literal["plain", "chat"] = "plain"
+    fewshot: int = Field(0, ge=0, le=64)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(32, ge=1)
+    samples: int = Field(8, ge=2, le=256)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(24, ge=1, le=4096)
+    embed_diversity: bool = True
+    seed: int = 0
+    n_boot: int = Field(1000, ge=0, le=100000)
+    n_bins: int = Field(10, ge=2, le=100)
+    objectives: tuple[str, ...] | None = None
+    pick: str = "max-acc"
+    store: str = "calmerge-runs.db"
+    out: str = "calmerge-report"
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    @field_validator("grid", "extrapolate")
+    @classmethod
+    def _finite(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(x != x or x in (float("inf"), float("-inf")) for x in v):
+            raise ValueError("λ values must be finite numbers")
+        return tuple(sorted({round(float(x), 6) for x in v}))
+
+    @field_validator("families")
+    @classmethod
+    def _families(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one family is needed")
+        return v
+
+    def lambdas(self) -> tuple[float, ...]:
+        """The initial grid: grid plus the extrapolation points."""
+        return tuple(sorted(set(self.grid) | set(self.extrapolate)))
+
+    def eval_identity(self) -> dict[str, Any]:
+        """The settings that change a point's numbers; the grid and paths are not among them."""
+        keep = (
+            "mode", "prompt_template", "prompt_format", "fewshot", "dtype", "samples",
+            "temperature", "top_p", "max_new_tokens", "embed_diversity", "seed", "n_boot",
+            "n_bins",
+        )
+        return {k: getattr(self, k) for k in keep}
+
+
+def parse_grid(text: str) -> tuple[float, ...]:
+    """Parse '0,0.1,0.5' or '0:1:0.1' (start:stop:step, inclusive) into λ values."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            start, stop, step = (float(x) for x in text.split(":"))
+            if step <= 0:
+                raise ValueError
+            n = round((stop - start) / step)
+            return tuple(round(start + i * step, 6) for i in range(n + 1))
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(
+            f"--grid '{text}': not a list of numbers", "use e.g. 0,0.25,0.5 or 0:1:0.1"
+        ) from None
+
+
+def load_sweep_config(path: Path | None, overrides: dict[str, Any]) -> SweepConfig:
+    """Merge a YAML file (optional) with CLI overrides (non-None win) into a SweepConfig."""
+    data: dict[str, Any] = load_yaml(path) if path is not None else {}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    source = str(path) if path is not None else "command line"
+    for key in ("base", "aligned", "data"):
+        if key not in data:
+            raise ConfigError(f"{source}: '{key}' is required", f"pass --{key} or set it in the YAML")
+    return validate(SweepConfig, data, source)

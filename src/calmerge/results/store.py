@@ -1,0 +1,371 @@
+"""SQLite results store: runs, points, metrics, per-item predictions, generations.
+
+Why SQLite in WAL mode: every finished sweep point is one committed transaction, so a sweep that
+is killed at any moment loses at most the point it was computing, and two sweeps can share one
+store (readers never block the writer). Points are *claimed* before they are computed so two
+processes never compute the same point; a claim whose process died is taken over.
+All SQL is parameterised.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from calmerge.errors import StoreError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_hash TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    created REAL NOT NULL,
+    config_json TEXT NOT NULL,
+    fingerprints_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS points (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    family TEXT NOT NULL,
+    lam REAL NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending', 'running', 'done')),
+    worker TEXT,
+    heartbeat REAL,
+    seconds REAL,
+    UNIQUE (run_id, family, lam)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    point_id INTEGER NOT NULL REFERENCES points(id),
+    split TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL, lo REAL, hi REAL,
+    PRIMARY KEY (point_id, split, name)
+);
+CREATE TABLE IF NOT EXISTS predictions (
+    point_id INTEGER NOT NULL REFERENCES points(id),
+    split TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    answer INTEGER NOT NULL,
+    pred INTEGER NOT NULL,
+    confidence REAL NOT NULL,
+    logprobs_json TEXT NOT NULL,
+    PRIMARY KEY (point_id, split, idx)
+);
+CREATE TABLE IF NOT EXISTS generations (
+    point_id INTEGER NOT NULL REFERENCES points(id),
+    prompt_id TEXT NOT NULL,
+    k INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (point_id, prompt_id, k)
+);
+"""
+
+STALE_SECONDS = 600.0
+
+
+def round_lam(lam: float) -> float:
+    """λ as stored: rounded so 0.1+0.2 and 0.3 are the same point."""
+    return round(float(lam), 6)
+
+
+def worker_id() -> str:
+    """Identify this process; used to take over claims of dead processes on this host."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _pid_alive(worker: str | None) -> bool:
+    if not worker:
+        return False
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another host: trust the heartbeat instead
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    config_hash: str
+    name: str
+    created: float
+    config: dict[str, Any]
+    fingerprints: dict[str, str]
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    id: int
+    run_id: int
+    family: str
+    lam: float
+    status: str
+    seconds: float | None
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One scored item of one point: what the report and bootstrap need, nothing recomputed."""
+
+    item_id: str
+    answer: int
+    pred: int
+    confidence: float
+    logprobs: list[float]
+
+
+class ResultStore:
+    """A handle on one SQLite results file. Cheap to open; safe to share between processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise StoreError(
+                f"{self.path}: is a directory, not a results store", "give a file path"
+            )
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"{self.path}: not a calmerge results store ({exc})", "choose another --store path"
+            ) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction: all or nothing, serialised against other writers."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # ── runs ──
+    def get_or_create_run(
+        self, config_hash: str, name: str, config: dict[str, Any], fingerprints: dict[str, str]
+    ) -> RunRecord:
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO runs(config_hash, name, created, config_json, fingerprints_json)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    config_hash,
+                    name,
+                    time.time(),
+                    json.dumps(config, sort_keys=True),
+                    json.dumps(fingerprints, sort_keys=True),
+                ),
+            )
+        return self.run(config_hash)
+
+    def runs(self) -> list[RunRecord]:
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY id").fetchall()
+        return [self._run(r) for r in rows]
+
+    def run(self, ref: str | int | None = None) -> RunRecord:
+        """A run by id, config-hash prefix or name; None means the latest run."""
+        rows = self._conn.execute("SELECT * FROM runs ORDER BY id DESC").fetchall()
+        if not rows:
+            raise StoreError(f"{self.path}: no runs yet", "run `calmerge sweep` first")
+        if ref is None:
+            return self._run(rows[0])
+        key = str(ref)
+        for r in rows:
+            if str(r[0]) == key or r[1] == key or r[2] == key:
+                return self._run(r)
+        hits = [r for r in rows if r[1].startswith(key)]
+        if len(hits) == 1:
+            return self._run(hits[0])
+        raise StoreError(
+            f"{self.path}: no run '{key}'", "list runs with `calmerge runs --store PATH`"
+        )
+
+    @staticmethod
+    def _run(r: Sequence[Any]) -> RunRecord:
+        return RunRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]))
+
+    # ── points ──
+    def add_points(self, run_id: int, family: str, lams: Sequence[float]) -> None:
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO points(run_id, family, lam, status) VALUES (?, ?, ?, 'pending')",
+                [(run_id, family, round_lam(x)) for x in lams],
+            )
+
+    def points(self, run_id: int, *, status: str | None = None) -> list[PointRecord]:
+        sql = "SELECT id, run_id, family, lam, status, seconds FROM points WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if status:
+            sql += " AND status = ?"
+            args.append(status)
+        rows = self._conn.execute(sql + " ORDER BY family, lam", args).fetchall()
+        return [PointRecord(*r) for r in rows]
+
+    def claim(self, run_id: int, family: str, lam: float, worker: str | None = None) -> int | None:
+        """Mark a point as ours to compute; None if done or held by a live process."""
+        worker = worker or worker_id()
+        with self._tx() as c:
+            row = c.execute(
+                "SELECT id, status, worker, heartbeat FROM points"
+                " WHERE run_id = ? AND family = ? AND lam = ?",
+                (run_id, family, round_lam(lam)),
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"point {family} λ={lam} is not part of run {run_id}")
+            pid, status, holder, beat = row
+            if status == "done":
+                return None
+            fresh = beat is not None and time.time() - beat < STALE_SECONDS
+            if status == "running" and holder != worker and fresh and _pid_alive(holder):
+                return None
+            c.execute(
+                "UPDATE points SET status = 'running', worker = ?, heartbeat = ? WHERE id = ?",
+                (worker, time.time(), pid),
+            )
+            return int(pid)
+
+    def release(self, point_id: int) -> None:
+        """Give a claim back (e.g. on Ctrl-C) so another process may take it at once."""
+        with self._tx() as c:
+            c.execute(
+                "UPDATE points SET status = 'pending', worker = NULL WHERE id = ? AND status = 'running'",
+                (point_id,),
+            )
+
+    def finish_point(
+        self,
+        point_id: int,
+        *,
+        metrics: dict[str, dict[str, tuple[float, float, float]]],
+        predictions: dict[str, Sequence[Prediction]],
+        generations: dict[str, list[str]] | None = None,
+        seconds: float | None = None,
+    ) -> None:
+        """Write everything a point produced and mark it done — one transaction."""
+        with self._tx() as c:
+            c.execute("DELETE FROM metrics WHERE point_id = ?", (point_id,))
+            c.execute("DELETE FROM predictions WHERE point_id = ?", (point_id,))
+            c.execute("DELETE FROM generations WHERE point_id = ?", (point_id,))
+            c.executemany(
+                "INSERT INTO metrics(point_id, split, name, value, lo, hi) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (point_id, split, name, _num(v), _num(lo), _num(hi))
+                    for split, ms in metrics.items()
+                    for name, (v, lo, hi) in ms.items()
+                ],
+            )
+            c.executemany(
+                "INSERT INTO predictions(point_id, split, idx, item_id, answer, pred, confidence,"
+                " logprobs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        point_id,
+                        split,
+                        i,
+                        p.item_id,
+                        p.answer,
+                        p.pred,
+                        p.confidence,
+                        json.dumps([_num(x) for x in p.logprobs]),
+                    )
+                    for split, preds in predictions.items()
+                    for i, p in enumerate(preds)
+                ],
+            )
+            c.executemany(
+                "INSERT INTO generations(point_id, prompt_id, k, text) VALUES (?, ?, ?, ?)",
+                [
+                    (point_id, pid, k, text)
+                    for pid, texts in (generations or {}).items()
+                    for k, text in enumerate(texts)
+                ],
+            )
+            c.execute(
+                "UPDATE points SET status = 'done', worker = NULL, heartbeat = ?, seconds = ?"
+                " WHERE id = ?",
+                (time.time(), seconds, point_id),
+            )
+
+    def metrics(self, point_id: int) -> dict[str, dict[str, tuple[float, float, float]]]:
+        out: dict[str, dict[str, tuple[float, float, float]]] = {}
+        rows = self._conn.execute(
+            "SELECT split, name, value, lo, hi FROM metrics WHERE point_id = ? ORDER BY split, name",
+            (point_id,),
+        )
+        for split, name, v, lo, hi in rows:
+            out.setdefault(split, {})[name] = (_flt(v), _flt(lo), _flt(hi))
+        return out
+
+    def predictions(self, point_id: int, split: str) -> list[Prediction]:
+        rows = self._conn.execute(
+            "SELECT item_id, answer, pred, confidence, logprobs_json FROM predictions"
+            " WHERE point_id = ? AND split = ? ORDER BY idx",
+            (point_id, split),
+        )
+        return [
+            Prediction(r[0], r[1], r[2], r[3], [_flt(x) for x in json.loads(r[4])]) for r in rows
+        ]
+
+    def generations(self, point_id: int) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        rows = self._conn.execute(
+            "SELECT prompt_id, text FROM generations WHERE point_id = ? ORDER BY prompt_id, k",
+            (point_id,),
+        )
+        for pid, text in rows:
+            out.setdefault(pid, []).append(text)
+        return out
+
+    def integrity_ok(self) -> bool:
+        return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _num(x: float | None) -> float | None:
+    """NaN is stored as NULL (SQLite has no NaN); read back as NaN by `_flt`."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if math.isnan(x) else x
+
+
+def _flt(x: float | None) -> float:
+    return float("nan") if x is None else float(x)

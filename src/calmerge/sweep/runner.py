@@ -1,0 +1,381 @@
+"""The sweep loop: grid, then adaptive refinement, every point stored as it finishes.
+
+Why this shape: the expensive parts (loading the model, tokenising the data) happen once; each
+point only rewrites the weights in place and re-scores pre-tokenised data. Every finished point
+is one committed transaction in the results store, so a killed sweep resumes at the first
+unfinished point and a second sweep on the same store skips what the first one holds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from calmerge.config import SweepConfig
+from calmerge.errors import ConfigError
+from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
+
+SPLITS_ORDER = ("dev", "test")
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a data file's bytes: a run is tied to the data it saw, not to its path."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def config_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def refine_lambdas(
+    done: Sequence[tuple[float, float, float]],
+    on_front: Sequence[bool],
+    *,
+    resolution: float,
+    limit: int,
+) -> list[float]:
+    """Midpoints between neighbouring λ where the frontier is, down to `resolution`.
+
+    `done` holds (λ, acc, ece) of finished points of one family, `on_front` whether each is
+    non-dominated. The frontier "bends" where a frontier point sits: the interval on either side
+    of it is where a better trade-off may hide, so those intervals are halved while wider than
+    2·resolution. Returns at most `limit` new λ, closest to frontier points first.
+    """
+    order = np.argsort([d[0] for d in done])
+    lams = [done[i][0] for i in order]
+    front = [on_front[i] for i in order]
+    out: list[float] = []
+    for i in range(len(lams) - 1):
+        lo, hi = lams[i], lams[i + 1]
+        if not (front[i] or front[i + 1]) or hi - lo <= 2 * resolution + 1e-9:
+            continue
+        mid = round(round(((lo + hi) / 2) / resolution) * resolution, 6)
+        if lo < mid < hi and mid not in out:
+            out.append(mid)
+    return out[:limit]
+
+
+@dataclass
+class SplitData:
+    name: str
+    items: list[Any]
+    scorer: Any
+
+
+@dataclass
+class SweepOutcome:
+    run: RunRecord
+    store_path: Path
+    computed: list[tuple[str, float]] = field(default_factory=list)
+    skipped: list[tuple[str, float]] = field(default_factory=list)
+
+
+ProgressHook = Callable[[str, int], None]
+
+
+def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str, str]) -> dict:
+    """What makes two sweeps the same run: models, data bytes and eval settings (not the grid)."""
+    return {"models": fingerprints, "data": data, "eval": cfg.eval_identity()}
+
+
+def _predictions(result: Any) -> list[Prediction]:
+    """Per-item rows of a ScoreResult, in item order, for the store."""
+    rows = []
+    for i, item_id in enumerate(result.ids):
+        lp = np.asarray(result.choice_logprobs[i], dtype=float)
+        n = int(result.n_choices[i]) if hasattr(result, "n_choices") else len(lp)
+        rows.append(
+            Prediction(
+                item_id=str(item_id),
+                answer=int(result.answers[i]),
+                pred=int(result.pred[i]),
+                confidence=float(result.confidence[i]),
+                logprobs=[float(x) for x in lp[:n]],
+            )
+        )
+    return rows
+
+
+def _family_fn(family: str, lam: float, cfg: SweepConfig):
+    """The per-tensor function of a sweep family at λ (linear in place; others via the registry)."""
+    from calmerge.sweep.interpolate import linear_fn
+
+    if family == "linear":
+        return linear_fn(lam)
+    from calmerge.merge.methods import pair_fn
+
+    return pair_fn(family, lam)
+
+
+def check_families(families: Sequence[str]) -> None:
+    from calmerge.merge.methods import PAIR_FAMILIES
+
+    for fam in families:
+        if fam != "linear" and fam not in PAIR_FAMILIES:
+            from calmerge.errors import did_you_mean
+
+            options = ["linear", *PAIR_FAMILIES]
+            raise ConfigError(
+                f"unknown sweep family '{fam}'",
+                did_you_mean(fam, options) or f"choose from {', '.join(options)}",
+            )
+
+
+class Sweep:
+    """A prepared sweep: models open, data tokenised once, store attached.
+
+    Construction does all validation (models, data, config) before any point is computed, so a
+    bad input fails in seconds with one line and leaves nothing behind.
+    """
+
+    def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
+        from calmerge.eval.data import load_items, load_prompts
+        from calmerge.io.checkpoint import open_checkpoint, validate_pair
+
+        self.cfg = cfg
+        check_families(cfg.families)
+        self.base = open_checkpoint(
+            cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
+        )
+        self.aligned = open_checkpoint(
+            cfg.aligned, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
+        )
+        self.pair = validate_pair(self.base, self.aligned)
+        paths = {"test": cfg.data, **({"dev": cfg.dev} if cfg.dev else {})}
+        self.items = {split: load_items(path) for split, path in paths.items()}
+        self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
+        digests = {split: file_digest(path) for split, path in paths.items()}
+        if cfg.prompts:
+            digests["prompts"] = file_digest(cfg.prompts)
+        fingerprints = {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
+        identity = plan_identity(cfg, fingerprints, digests)
+        self.store = store or ResultStore(cfg.store)
+        name = cfg.name or f"{Path(str(cfg.aligned)).name} vs {Path(str(cfg.base)).name}"
+        self.run = self.store.get_or_create_run(
+            config_hash(identity), name, cfg.model_dump(mode="json"), fingerprints
+        )
+        self._model = None
+        self._scorers: dict[str, Any] = {}
+
+    @property
+    def select_split(self) -> str:
+        return "dev" if "dev" in self.items else "test"
+
+    def _load(self) -> None:
+        """Load the live model and tokenise every split once (lazily: resumed runs may need none)."""
+        if self._model is not None:
+            return
+        from calmerge.eval.loading import load_model
+        from calmerge.eval.score import Scorer
+        from calmerge.sweep.interpolate import LiveInterpolator
+
+        cfg = self.cfg
+        self._model, self._tokenizer = load_model(
+            cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code
+        )
+        fewshot = self.items["dev"][: cfg.fewshot] if cfg.fewshot and "dev" in self.items else []
+        for split, items in self.items.items():
+            self._scorers[split] = Scorer(
+                self._tokenizer,
+                items,
+                mode=cfg.mode,
+                template=cfg.prompt_template,
+                prompt_format=cfg.prompt_format,
+                fewshot=fewshot,
+                batch_size=cfg.batch_size,
+            )
+        self._interp = LiveInterpolator(self._model, self.base, self.aligned)
+
+    def evaluate_point(self, family: str, lam: float) -> tuple[dict, dict, dict]:
+        """Rewrite the weights to (family, λ) and measure every split (+ diversity)."""
+        from calmerge.eval.score import compute_metrics
+
+        self._load()
+        cfg = self.cfg
+        self._interp.apply(_family_fn(family, lam, cfg))
+        metrics: dict[str, dict[str, tuple[float, float, float]]] = {}
+        preds: dict[str, list[Prediction]] = {}
+        for split, scorer in self._scorers.items():
+            result = scorer.score(self._model)
+            ms = compute_metrics(result, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins)
+            metrics[split] = {k: (m.value, m.lo, m.hi) for k, m in ms.items()}
+            preds[split] = _predictions(result)
+        gens: dict[str, list[str]] = {}
+        if self.prompts:
+            from calmerge.eval.diversity import diversity_metrics
+            from calmerge.eval.generate import sample_generations
+
+            samples = sample_generations(
+                self._model,
+                self._tokenizer,
+                self.prompts,
+                k=cfg.samples,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                seed=cfg.seed,
+                chat=cfg.prompt_format == "chat",
+            )
+            div = diversity_metrics(samples, embed=cfg.embed_diversity)
+            metrics["gen"] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
+            gens = {p.id: s for p, s in zip(self.prompts, samples, strict=True)}
+        return metrics, preds, gens
+
+    # ── the loop ──
+    def _initial_lams(self, family: str) -> tuple[float, ...]:
+        """Linear gets the full grid with extrapolation; other families interpolate only."""
+        if family == "linear":
+            return self.cfg.lambdas()
+        return tuple(x for x in self.cfg.grid if 0.0 <= x <= 1.0)
+
+    def _run_points(self, family: str, lams: Sequence[float], outcome: SweepOutcome, bar) -> None:
+        self.store.add_points(self.run.id, family, lams)
+        for lam in lams:
+            pid = self.store.claim(self.run.id, family, lam)
+            if pid is None:
+                outcome.skipped.append((family, round_lam(lam)))
+                bar.advance(1)
+                continue
+            bar.describe(f"{family} λ={lam:g}")
+            start = time.perf_counter()
+            try:
+                metrics, preds, gens = self.evaluate_point(family, lam)
+                self.store.finish_point(
+                    pid,
+                    metrics=metrics,
+                    predictions=preds,
+                    generations=gens,
+                    seconds=time.perf_counter() - start,
+                )
+            except BaseException:
+                self.store.release(pid)
+                raise
+            outcome.computed.append((family, round_lam(lam)))
+            bar.advance(1)
+
+    def _refinement(self, family: str, budget: int) -> list[float]:
+        from calmerge.analysis.pareto import pareto_front
+
+        points = [p for p in load_points(self.store, self.run.id) if p.family == family]
+        split = self.select_split
+        points = [p for p in points if split in p.metrics and "acc" in p.metrics[split]]
+        if len(points) < 2:
+            return []
+        front = {p.lam for p in pareto_front(points, ("acc", "ece"), split)}
+        done = [
+            (p.lam, p.metrics[split]["acc"].value, p.metrics[split]["ece"].value) for p in points
+        ]
+        return refine_lambdas(
+            done, [p.lam in front for p in points], resolution=self.cfg.resolution, limit=budget
+        )
+
+    def execute(self, *, progress: bool = True) -> SweepOutcome:
+        """Compute every unfinished point of the plan; refine where the frontier bends."""
+        outcome = SweepOutcome(run=self.run, store_path=self.store.path)
+        with PointBar(enabled=progress) as bar:
+            for family in self.cfg.families:
+                lams = self._initial_lams(family)
+                bar.add(len(lams))
+                self._run_points(family, lams, outcome, bar)
+                budget = self.cfg.max_refine_points if self.cfg.refine else 0
+                while budget > 0:
+                    new = self._refinement(family, budget)
+                    known = {p.lam for p in self.store.points(self.run.id) if p.family == family}
+                    new = [x for x in new if round_lam(x) not in known]
+                    if not new:
+                        break
+                    bar.add(len(new))
+                    self._run_points(family, new, outcome, bar)
+                    budget -= len(new)
+        return outcome
+
+
+class PointBar:
+    """A rich progress bar over sweep points with ETA (silent when disabled)."""
+
+    def __init__(self, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress = None
+        self._task = None
+
+    def __enter__(self) -> PointBar:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]sweep[/] {task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("", total=0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
+
+    def add(self, n: int) -> None:
+        if self._progress is not None:
+            total = self._progress.tasks[0].total or 0
+            self._progress.update(self._task, total=total + n)
+
+    def advance(self, n: int) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task, n)
+
+    def describe(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, description=text)
+
+
+def load_points(store: ResultStore, run_id: int, *, with_correct: bool = True) -> list:
+    """Finished points of a run as analysis `Point`s (metrics, reliability, per-item correctness)."""
+    from calmerge.analysis.pareto import Metric, Point
+    from calmerge.eval.calibration import reliability_bins
+
+    out = []
+    for rec in store.points(run_id, status="done"):
+        raw = store.metrics(rec.id)
+        metrics = {s: {k: Metric(*v) for k, v in ms.items()} for s, ms in raw.items()}
+        reliability: dict[str, list[dict]] = {}
+        correct: dict[str, np.ndarray] = {}
+        for split in raw:
+            preds = store.predictions(rec.id, split)
+            if not preds:
+                continue
+            conf = np.array([p.confidence for p in preds])
+            ok = np.array([p.pred == p.answer for p in preds], dtype=float)
+            reliability[split] = reliability_bins(conf, ok, n_bins=10)
+            correct[split] = ok
+        out.append(
+            Point(
+                family=rec.family,
+                lam=rec.lam,
+                metrics=metrics,
+                reliability=reliability,
+                correct=correct if with_correct else None,
+            )
+        )
+    return out

@@ -1,0 +1,162 @@
+"""The sweep end to end on tiny real models: in-place θ(λ), resume, refinement, results, export."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from calmerge import api
+from calmerge.config import SweepConfig
+from calmerge.results.store import ResultStore
+from calmerge.sweep.runner import refine_lambdas
+
+FRUITS = ["apple", "banana", "cherry", "grape", "lemon", "mango", "orange", "pear", "plum"]
+
+
+def write_items(path: Path, n: int, offset: int = 0) -> Path:
+    rows = []
+    for i in range(n):
+        k = (i + offset) % len(FRUITS)
+        choices = [FRUITS[(k + j) % len(FRUITS)] for j in range(4)]
+        rows.append(
+            {
+                "id": f"q{offset + i}",
+                "question": f"Question {offset + i}: which fruit is number {k}? Answer:",
+                "choices": choices,
+                "answer": (i * 7) % 4,
+            }
+        )
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweepdata")
+    test = write_items(root / "test.jsonl", 24)
+    dev = write_items(root / "dev.jsonl", 16, offset=100)
+    prompts = root / "prompts.jsonl"
+    prompts.write_text(
+        "\n".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about fruit {i}."}) for i in range(3))
+        + "\n"
+    )
+    return test, dev, prompts
+
+
+def _cfg(tiny_pair, sweep_data, tmp_path, **kw) -> SweepConfig:
+    base, aligned = tiny_pair
+    test, dev, _ = sweep_data
+    args = dict(
+        base=str(base),
+        aligned=str(aligned),
+        data=str(test),
+        dev=str(dev),
+        grid=(0.0, 0.5, 1.0),
+        extrapolate=(),
+        refine=False,
+        n_boot=50,
+        store=str(tmp_path / "runs.db"),
+        out=str(tmp_path / "report"),
+        device="cpu",
+    )
+    args.update(kw)
+    return SweepConfig(**args)
+
+
+def test_refine_lambdas_halves_intervals_next_to_the_front():
+    done = [(0.0, 0.5, 0.1), (0.5, 0.7, 0.2), (1.0, 0.6, 0.3)]
+    assert refine_lambdas(done, [True, True, False], resolution=0.1, limit=10) == [0.25, 0.8]
+    assert refine_lambdas(done, [False, True, False], resolution=0.1, limit=1) == [0.25]
+    assert refine_lambdas(done, [True, True, True], resolution=0.3, limit=10) == []
+
+
+def test_sweep_resumes_and_never_recomputes(tiny_pair, sweep_data, tmp_path):
+    cfg = _cfg(tiny_pair, sweep_data, tmp_path)
+    first = api.sweep(cfg, progress=False)
+    assert (first.computed, first.skipped) == (3, 0)
+    second = api.sweep(cfg, progress=False)
+    assert (second.computed, second.skipped) == (0, 3)
+    assert first.run_id == second.run_id
+    # a wider grid on the same config extends the same run
+    third = api.sweep(cfg.model_copy(update={"grid": (0.0, 0.25, 0.5, 1.0)}), progress=False)
+    assert (third.computed, third.skipped, third.run_id) == (1, 3, first.run_id)
+    rows = api.results_table(cfg.store)
+    assert [r["lam"] for r in rows] == [0.0, 0.25, 0.5, 1.0]
+    for r in rows:
+        assert 0.0 <= r["test.acc"] <= 1.0 and 0.0 <= r["dev.ece"] <= 1.0
+        assert r["test.acc_lo"] <= r["test.acc"] <= r["test.acc_hi"]
+    assert first.html.is_file() and first.markdown.is_file()
+
+
+def test_results_csv_and_json(tiny_pair, sweep_data, tmp_path):
+    cfg = _cfg(tiny_pair, sweep_data, tmp_path, grid=(0.0, 1.0))
+    api.sweep(cfg, progress=False)
+    rows = api.results_table(cfg.store)
+    text = api.write_results(rows, "csv", tmp_path / "r.csv")
+    assert text.splitlines()[0].startswith("run,family,lam,")
+    assert (tmp_path / "r.csv").read_text() == text
+    data = json.loads(api.write_results(rows, "json", None))
+    assert [d["lam"] for d in data] == [0.0, 1.0]
+
+
+def test_sweep_point_weights_equal_merge_engine(tiny_pair, sweep_data, tmp_path):
+    """The in-place θ(λ) of the sweep and `calmerge merge` at the same λ are the same weights."""
+    from calmerge.eval.loading import load_model
+    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.merge.engine import merge_pair
+    from calmerge.sweep.interpolate import LiveInterpolator
+
+    base, aligned = tiny_pair
+    model, _ = load_model(str(aligned), dtype="float32", device="cpu")
+    interp = LiveInterpolator(model, open_checkpoint(base), open_checkpoint(aligned))
+    for lam in (0.3, 1.2, -0.5):
+        interp.set_lambda(lam)
+        out = merge_pair(base, aligned, lam, tmp_path / f"m{lam}")
+        merged = load_file(out / "model.safetensors")
+        live = dict(model.named_parameters())
+        for name, tensor in merged.items():
+            if name in live:
+                assert torch.equal(live[name].detach(), tensor), name
+
+
+def test_sweep_families_and_diversity(tiny_pair, sweep_data, tmp_path):
+    _, _, prompts = sweep_data
+    cfg = _cfg(
+        tiny_pair, sweep_data, tmp_path, grid=(0.0, 1.0), prompts=str(prompts), samples=2,
+        max_new_tokens=6, embed_diversity=False, families=("linear", "slerp"),
+    )
+    res = api.sweep(cfg, progress=False)
+    assert res.computed == 4
+    rows = api.results_table(cfg.store)
+    assert {r["family"] for r in rows} == {"linear", "slerp"}
+    assert all(0.0 <= r["gen.distinct_2"] <= 1.0 for r in rows)
+    db = ResultStore(cfg.store)
+    pt = db.points(res.run_id, status="done")[0]
+    gens = db.generations(pt.id)
+    assert sorted(gens) == ["p0", "p1", "p2"] and all(len(v) == 2 for v in gens.values())
+
+
+def test_refinement_adds_points(tiny_pair, sweep_data, tmp_path):
+    cfg = _cfg(tiny_pair, sweep_data, tmp_path, refine=True, resolution=0.125, max_refine_points=3)
+    res = api.sweep(cfg, progress=False)
+    assert 3 < res.computed <= 6
+    lams = [r["lam"] for r in api.results_table(cfg.store)]
+    assert all(math.isclose(x / 0.125, round(x / 0.125)) for x in lams)
+
+
+def test_export_picked_point(tiny_pair, sweep_data, tmp_path):
+    cfg = _cfg(tiny_pair, sweep_data, tmp_path)
+    api.sweep(cfg, progress=False)
+    out, point = api.export(cfg.store, None, pick="lambda=0.5", out=tmp_path / "export")
+    assert point.lam == 0.5
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model is not None
+    card = (out / "README.md").read_text()
+    assert "0.5" in card and "acc" in card
