@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional  # noqa: F401  (Optional is used by Typer signatures)
+from typing import Annotated
 
-import click
 import typer
+
+try:  # recent typer vendors its own click; older ones use the click package
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
 from rich.console import Console
 
 from calmerge.errors import CalmergeError
@@ -47,27 +51,27 @@ StoreOpt = Annotated[Path, typer.Option("--store", help="SQLite results store.")
 
 @app.command("sweep")
 def sweep_cmd(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML sweep config (flags override it).")] = None,
-    base: Annotated[Optional[str], typer.Option(help="Pre-alignment model (dir or hub id).")] = None,
-    aligned: Annotated[Optional[str], typer.Option(help="Aligned model (dir or hub id).")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Test multiple-choice items (JSONL/CSV).")] = None,
-    dev: Annotated[Optional[str], typer.Option(help="Dev items: λ is chosen here.")] = None,
-    prompts: Annotated[Optional[str], typer.Option(help="Open-ended prompts (JSONL) for diversity.")] = None,
-    grid: Annotated[Optional[str], typer.Option(help="λ grid: '0,0.5,1' or '0:1:0.1'.")] = None,
+    config: Annotated[Path | None, typer.Argument(help="YAML sweep config (flags override it).")] = None,
+    base: Annotated[str | None, typer.Option(help="Pre-alignment model (dir or hub id).")] = None,
+    aligned: Annotated[str | None, typer.Option(help="Aligned model (dir or hub id).")] = None,
+    data: Annotated[str | None, typer.Option(help="Test multiple-choice items (JSONL/CSV).")] = None,
+    dev: Annotated[str | None, typer.Option(help="Dev items: λ is chosen here.")] = None,
+    prompts: Annotated[str | None, typer.Option(help="Open-ended prompts (JSONL) for diversity.")] = None,
+    grid: Annotated[str | None, typer.Option(help="λ grid: '0,0.5,1' or '0:1:0.1'.")] = None,
     no_extrapolate: Annotated[bool, typer.Option("--no-extrapolate", help="Drop λ>1 points.")] = False,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="No adaptive refinement.")] = False,
-    resolution: Annotated[Optional[float], typer.Option(help="Finest λ step of refinement.")] = None,
-    family: Annotated[Optional[list[str]], typer.Option(help="Merge family (repeatable): linear, slerp, ….")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="loglik or letter scoring.")] = None,
-    prompt_template: Annotated[Optional[str], typer.Option(help="e.g. '{question}'.")] = None,
-    prompt_format: Annotated[Optional[str], typer.Option(help="plain or chat.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu or cuda.")] = None,
-    samples: Annotated[Optional[int], typer.Option(help="Samples per open-ended prompt.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling and bootstrap.")] = None,
-    pick: Annotated[Optional[str], typer.Option(help="max-acc, min-ece, knee or lambda=0.6.")] = None,
-    store: Annotated[Optional[Path], typer.Option(help="SQLite results store.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Report directory.")] = None,
+    resolution: Annotated[float | None, typer.Option(help="Finest λ step of refinement.")] = None,
+    family: Annotated[list[str] | None, typer.Option(help="Merge family (repeatable): linear, slerp, ….")] = None,
+    mode: Annotated[str | None, typer.Option(help="loglik or letter scoring.")] = None,
+    prompt_template: Annotated[str | None, typer.Option(help="e.g. '{question}'.")] = None,
+    prompt_format: Annotated[str | None, typer.Option(help="plain or chat.")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Samples per open-ended prompt.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for sampling and bootstrap.")] = None,
+    pick: Annotated[str | None, typer.Option(help="max-acc, min-ece, knee or lambda=0.6.")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results store.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory.")] = None,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle")] = False,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
@@ -122,10 +126,10 @@ def runs_cmd(store: StoreOpt = Path("calmerge-runs.db")) -> None:
 
 @app.command("results")
 def results_cmd(
-    run: Annotated[Optional[str], typer.Argument(help="Run id, name or hash (default: latest).")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run id, name or hash (default: latest).")] = None,
     store: StoreOpt = Path("calmerge-runs.db"),
     fmt: Annotated[str, typer.Option("--format", help="csv or json.")] = "csv",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="File to write.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="File to write.")] = None,
 ) -> None:
     """One row per point: family, λ and every metric per split, with intervals."""
     from calmerge import api
@@ -139,7 +143,7 @@ def results_cmd(
 
 @app.command("report")
 def report_cmd(
-    run: Annotated[Optional[str], typer.Argument(help="Run id, name or hash (default: latest).")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run id, name or hash (default: latest).")] = None,
     store: StoreOpt = Path("calmerge-runs.db"),
     out: Annotated[Path, typer.Option("--out", help="Report directory.")] = Path("calmerge-report"),
     pick: Annotated[str, typer.Option(help="max-acc, min-ece, knee or lambda=0.6.")] = "max-acc",
@@ -155,7 +159,7 @@ def report_cmd(
 
 @app.command("export")
 def export_cmd(
-    run: Annotated[Optional[str], typer.Argument(help="Run id, name or hash (default: latest).")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run id, name or hash (default: latest).")] = None,
     pick: Annotated[str, typer.Option(help="knee, max-acc, min-ece or lambda=0.6.")] = "max-acc",
     store: StoreOpt = Path("calmerge-runs.db"),
     output: Annotated[Path, typer.Option("--output", "-o", help="Output model directory.")] = ...,
@@ -190,12 +194,15 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=False)
     except CalmergeError as exc:
         _fail(exc.one_line())
-    except click.exceptions.Abort:
+    except typer.Abort:
         _fail("aborted", 130)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
+    except click.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            exc.show()
+            raise SystemExit(0) from None
+        _fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt:
         _fail("interrupted; finished work is saved", 130)
 

@@ -83,6 +83,49 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 # ───────────────────────────── merge engine ─────────────────────────────
 
+MergeDtype = Literal["float32", "float64", "bfloat16", "float16"]
+
+
+class MergeModel(Frozen):
+    """One input model and its own parameters (highest precedence)."""
+
+    model: str
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class MergeConfig(Frozen):
+    """A merge recipe (our YAML; mergekit YAML is converted into this).
+
+    compute_dtype None = compute in the inputs' stored dtype (mergekit's default when its YAML
+    has no `dtype`); out_dtype None = the reference (first non-base) model's dtype.
+    """
+
+    method: str
+    base: str | None = None
+    models: tuple[MergeModel, ...] = Field(min_length=1)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    compute_dtype: MergeDtype | None = "float32"
+    out_dtype: MergeDtype | None = None
+    seed: int = 0
+    tokenizer_source: str | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            return [{"model": m} if isinstance(m, str) else m for m in v]
+        return v
+
+
+def load_merge_config(path: Path) -> MergeConfig:
+    """Read our merge YAML, or a mergekit YAML (recognised by its `merge_method` key)."""
+    data = load_yaml(path)
+    if "merge_method" in data:
+        from calmerge.merge.mergekit_compat import from_mergekit
+
+        return from_mergekit(data, str(path))
+    return validate(MergeConfig, data, str(path))
+
 
 # ───────────────────────────── evaluation ─────────────────────────────
 
@@ -108,6 +151,7 @@ class SweepConfig(Frozen):
     resolution: float = Field(0.025, gt=0, le=0.5)
     max_refine_points: int = Field(6, ge=0, le=100)
     families: tuple[str, ...] = ("linear",)
+    density: float = Field(0.5, gt=0, le=1)
     mode: Literal["loglik", "letter"] = "loglik"
     prompt_template: str | None = None
     prompt_format: Literal["plain", "chat"] = "plain"
@@ -153,7 +197,7 @@ class SweepConfig(Frozen):
         keep = (
             "mode", "prompt_template", "prompt_format", "fewshot", "dtype", "samples",
             "temperature", "top_p", "max_new_tokens", "embed_diversity", "seed", "n_boot",
-            "n_bins",
+            "n_bins", "density",
         )
         return {k: getattr(self, k) for k in keep}
 

@@ -92,3 +92,33 @@ class LiveInterpolator:
     def set_lambda(self, lam: float) -> None:
         """Linear interpolation θ(λ)."""
         self.apply(linear_fn(lam))
+
+
+PAIR_FAMILIES: tuple[str, ...] = ("slerp", "ties", "dare_ties", "dare_linear")
+
+
+def pair_fn(family: str, lam: float, *, density: float = 0.5, seed: int = 0) -> TensorFn:
+    """A registered merge method as a λ-family between two models.
+
+    slerp walks the sphere from base (λ=0) to aligned (λ=1). The task-vector methods use the one
+    delta Δ = aligned − base with weight 1, TIES/DARE pruned to `density`, scaled by λ — so
+    λ plays the same role as in linear: θ_base + λ·prune(Δ). DARE's random mask is seeded per
+    tensor name, so a point's weights are reproducible and equal `calmerge merge`'s.
+    """
+    import zlib
+
+    from calmerge.merge.methods import Group, get_method
+
+    if family not in PAIR_FAMILIES:
+        get_method(family)  # unknown names get the registry's "did you mean"
+        raise ValueError(f"{family} is not a two-model family")
+    method = get_method(family)
+
+    def fn(name: str, base: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+        group = Group((base, aligned), base_index=0, name=name)
+        if family == "slerp":
+            return method(group, t=float(lam))
+        gen = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
+        return method(group, gen, weight=[1.0, 1.0], density=[1.0, density], **{"lambda": lam})
+
+    return fn

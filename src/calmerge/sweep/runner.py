@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -90,36 +91,30 @@ def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str
 
 
 def _predictions(result: Any) -> list[Prediction]:
-    """Per-item rows of a ScoreResult, in item order, for the store."""
-    rows = []
-    for i, item_id in enumerate(result.ids):
-        lp = np.asarray(result.choice_logprobs[i], dtype=float)
-        n = int(result.n_choices[i]) if hasattr(result, "n_choices") else len(lp)
-        rows.append(
-            Prediction(
-                item_id=str(item_id),
-                answer=int(result.answers[i]),
-                pred=int(result.pred[i]),
-                confidence=float(result.confidence[i]),
-                logprobs=[float(x) for x in lp[:n]],
-            )
+    """Per-item rows of a ScoreResult, in item order, for the store (padding choices dropped)."""
+    return [
+        Prediction(
+            item_id=str(item_id),
+            answer=int(result.answer[i]),
+            pred=int(result.pred[i]),
+            confidence=float(result.confidence[i]),
+            logprobs=[float(x) for x in result.choice_logprobs[i][result.mask[i]]],
         )
-    return rows
+        for i, item_id in enumerate(result.ids)
+    ]
 
 
 def _family_fn(family: str, lam: float, cfg: SweepConfig):
-    """The per-tensor function of a sweep family at λ (linear in place; others via the registry)."""
-    from calmerge.sweep.interpolate import linear_fn
+    """The per-tensor function of a sweep family at λ (linear, or a registered merge method)."""
+    from calmerge.sweep.interpolate import linear_fn, pair_fn
 
     if family == "linear":
         return linear_fn(lam)
-    from calmerge.merge.methods import pair_fn
-
-    return pair_fn(family, lam)
+    return pair_fn(family, lam, density=cfg.density, seed=cfg.seed)
 
 
 def check_families(families: Sequence[str]) -> None:
-    from calmerge.merge.methods import PAIR_FAMILIES
+    from calmerge.sweep.interpolate import PAIR_FAMILIES
 
     for fam in families:
         if fam != "linear" and fam not in PAIR_FAMILIES:
@@ -132,6 +127,25 @@ def check_families(families: Sequence[str]) -> None:
             )
 
 
+def check_output_dir(out: Path) -> None:
+    """The report directory must be creatable; found out before hours of work, not after."""
+    from calmerge.errors import OutputError
+
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{out}: exists and is a file", "give a directory for the report (--out)")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{out}: not writable", "choose a directory you can write to (--out)")
+
+
+def scan_finite(ckpt: Any) -> None:
+    """Refuse NaN/Inf weights before any work, naming the tensor (one read of each parent)."""
+    from calmerge.io.checkpoint import check_finite
+
+    for name in ckpt.tensor_names:
+        check_finite(ckpt, name, ckpt.get(name))
+
+
 class Sweep:
     """A prepared sweep: models open, data tokenised once, store attached.
 
@@ -141,10 +155,12 @@ class Sweep:
 
     def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
         from calmerge.eval.data import load_items, load_prompts
+        from calmerge.eval.loading import load_tokenizer
         from calmerge.io.checkpoint import open_checkpoint, validate_pair
 
         self.cfg = cfg
         check_families(cfg.families)
+        check_output_dir(Path(cfg.out))
         self.base = open_checkpoint(
             cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
         )
@@ -152,9 +168,13 @@ class Sweep:
             cfg.aligned, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
         )
         self.pair = validate_pair(self.base, self.aligned)
+        for ckpt in (self.base, self.aligned):
+            scan_finite(ckpt)
         paths = {"test": cfg.data, **({"dev": cfg.dev} if cfg.dev else {})}
         self.items = {split: load_items(path) for split, path in paths.items()}
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
+        self._tokenizer = load_tokenizer(cfg.aligned, trust_remote_code=cfg.trust_remote_code)
+        self._scorers = self._build_scorers()
         digests = {split: file_digest(path) for split, path in paths.items()}
         if cfg.prompts:
             digests["prompts"] = file_digest(cfg.prompts)
@@ -166,27 +186,20 @@ class Sweep:
             config_hash(identity), name, cfg.model_dump(mode="json"), fingerprints
         )
         self._model = None
-        self._scorers: dict[str, Any] = {}
 
     @property
     def select_split(self) -> str:
         return "dev" if "dev" in self.items else "test"
 
-    def _load(self) -> None:
-        """Load the live model and tokenise every split once (lazily: resumed runs may need none)."""
-        if self._model is not None:
-            return
-        from calmerge.eval.loading import load_model
+    def _build_scorers(self) -> dict[str, Any]:
+        """Tokenise every split once; prompts too long for the model fail here, before any work."""
         from calmerge.eval.score import Scorer
-        from calmerge.sweep.interpolate import LiveInterpolator
 
         cfg = self.cfg
-        self._model, self._tokenizer = load_model(
-            cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code
-        )
         fewshot = self.items["dev"][: cfg.fewshot] if cfg.fewshot and "dev" in self.items else []
+        scorers = {}
         for split, items in self.items.items():
-            self._scorers[split] = Scorer(
+            scorer = Scorer(
                 self._tokenizer,
                 items,
                 mode=cfg.mode,
@@ -195,6 +208,21 @@ class Sweep:
                 fewshot=fewshot,
                 batch_size=cfg.batch_size,
             )
+            scorer.check_context(self.aligned.config.get("max_position_embeddings"))
+            scorers[split] = scorer
+        return scorers
+
+    def _load(self) -> None:
+        """Load the live model once (lazily: a fully resumed run needs none)."""
+        if self._model is not None:
+            return
+        from calmerge.eval.loading import load_model
+        from calmerge.sweep.interpolate import LiveInterpolator
+
+        cfg = self.cfg
+        self._model, _ = load_model(
+            cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code
+        )
         self._interp = LiveInterpolator(self._model, self.base, self.aligned)
 
     def evaluate_point(self, family: str, lam: float) -> tuple[dict, dict, dict]:

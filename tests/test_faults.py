@@ -1,0 +1,146 @@
+"""Faults done for real, in subprocesses: kill -9 mid-sweep, two sweeps on one store, re-runs.
+
+Nothing finished may be lost, nothing may be computed twice, and the store must end with the
+same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_sweep import write_items
+
+from calmerge import api
+
+GRID = "0:1:0.125"  # 9 points
+
+
+def sweep_argv(pair, data: Path, store: Path, out: Path) -> list[str]:
+    base, aligned = pair
+    return [
+        sys.executable, "-m", "calmerge.cli", "sweep", "--base", str(base), "--aligned",
+        str(aligned), "--data", str(data), "--grid", GRID, "--no-extrapolate", "--no-refine",
+        "--device", "cpu", "--store", str(store), "--out", str(out), "--quiet",
+    ]
+
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def point_state(store: Path) -> dict[float, tuple[str, float | None]]:
+    conn = sqlite3.connect(store)
+    rows = conn.execute("SELECT lam, status, heartbeat FROM points").fetchall()
+    conn.close()
+    return {lam: (status, beat) for lam, status, beat in rows}
+
+
+def metrics_of(store: Path) -> dict:
+    conn = sqlite3.connect(store)
+    rows = conn.execute(
+        "SELECT p.lam, m.split, m.name, m.value, m.lo, m.hi FROM metrics m JOIN points p"
+        " ON p.id = m.point_id ORDER BY p.lam, m.split, m.name"
+    ).fetchall()
+    preds = conn.execute(
+        "SELECT p.lam, d.item_id, d.pred, d.confidence, d.logprobs_json FROM predictions d"
+        " JOIN points p ON p.id = d.point_id ORDER BY p.lam, d.idx"
+    ).fetchall()
+    conn.close()
+    return {"metrics": rows, "predictions": preds}
+
+
+def integrity(store: Path) -> str:
+    conn = sqlite3.connect(store)
+    try:
+        return conn.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="module")
+def fault_data(tmp_path_factory):
+    return write_items(tmp_path_factory.mktemp("faults") / "test.jsonl", 160)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_pair, fault_data, tmp_path_factory):
+    """An uninterrupted run: the numbers every interrupted run must end with."""
+    root = tmp_path_factory.mktemp("reference")
+    store = root / "runs.db"
+    start = time.perf_counter()
+    subprocess.run(sweep_argv(tiny_pair, fault_data, store, root / "out"), env=ENV, check=True)
+    return store, time.perf_counter() - start
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_loses_nothing(tiny_pair, fault_data, reference, tmp_path):
+    ref_store, ref_seconds = reference
+    expected = metrics_of(ref_store)
+    rng = random.Random(1234)
+    trials = 20
+    stores = 4
+    for s in range(stores):
+        store = tmp_path / f"s{s}" / "runs.db"
+        argv = sweep_argv(tiny_pair, fault_data, store, tmp_path / f"s{s}" / "out")
+        for _ in range(trials // stores):
+            before = point_state(store) if store.exists() else {}
+            proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            time.sleep(rng.uniform(0.2, ref_seconds))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if not store.exists():
+                continue
+            assert integrity(store) == "ok"
+            after = point_state(store)
+            for lam, (status, beat) in before.items():
+                if status == "done":  # a finished point is never recomputed
+                    assert after[lam] == (status, beat)
+        done_before = {k for k, v in point_state(store).items() if v[0] == "done"} if store.exists() else set()
+        proc = subprocess.run(argv, env=ENV, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert integrity(store) == "ok"
+        final = point_state(store)
+        assert all(v[0] == "done" for v in final.values()) and len(final) == 9
+        assert f"{9 - len(done_before)} points computed" in proc.stdout.replace("\n", " ")
+        assert metrics_of(store) == expected
+
+
+def test_two_sweeps_on_one_store_share_the_work(tiny_pair, fault_data, reference, tmp_path):
+    ref_store, _ = reference
+    store = tmp_path / "runs.db"
+    # create the run and its points first so both processes race for the same claims
+    a = subprocess.Popen(sweep_argv(tiny_pair, fault_data, store, tmp_path / "a"), env=ENV,
+                         stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    b = subprocess.Popen(sweep_argv(tiny_pair, fault_data, store, tmp_path / "b"), env=ENV,
+                         stdout=subprocess.PIPE, text=True)
+    out_a, _ = a.communicate()
+    out_b, _ = b.communicate()
+    assert a.returncode == 0 and b.returncode == 0
+    computed = [int(o.split(" points computed")[0].split()[-1]) for o in (out_a, out_b)]
+    assert sum(computed) == 9  # every point computed exactly once across both
+    assert integrity(store) == "ok"
+    assert metrics_of(store) == metrics_of(ref_store)
+
+
+def test_same_seed_same_predictions(tiny_pair, fault_data, reference, tmp_path):
+    ref_store, _ = reference
+    store = tmp_path / "again.db"
+    base, aligned = tiny_pair
+    cfg = api.SweepConfig(
+        base=str(base), aligned=str(aligned), data=str(fault_data),
+        grid=tuple(i / 8 for i in range(9)), extrapolate=(), refine=False, device="cpu",
+        store=str(store), out=str(tmp_path / "out"),
+    )
+    api.sweep(cfg, progress=False)
+    assert metrics_of(store)["predictions"] == metrics_of(ref_store)["predictions"]
+    assert json.dumps(metrics_of(store)["metrics"]) == json.dumps(metrics_of(ref_store)["metrics"])
