@@ -70,8 +70,10 @@ def _cfg(tiny_pair, sweep_data, tmp_path, **kw) -> SweepConfig:
 
 def test_refine_lambdas_halves_intervals_next_to_the_front():
     done = [(0.0, 0.5, 0.1), (0.5, 0.7, 0.2), (1.0, 0.6, 0.3)]
-    assert refine_lambdas(done, [True, True, False], resolution=0.1, limit=10) == [0.25, 0.8]
-    assert refine_lambdas(done, [False, True, False], resolution=0.1, limit=1) == [0.25]
+    assert refine_lambdas(done, [True, True, False], resolution=0.05, limit=10) == [0.25, 0.75]
+    assert refine_lambdas(done, [False, True, False], resolution=0.05, limit=1) == [0.25]
+    assert refine_lambdas(done, [True, False, False], resolution=0.1, limit=10) == [0.2]  # snapped
+    assert refine_lambdas(done, [False, False, False], resolution=0.05, limit=10) == []
     assert refine_lambdas(done, [True, True, True], resolution=0.3, limit=10) == []
 
 

@@ -13,9 +13,218 @@ from calmerge.config import SweepConfig
 from calmerge.errors import ConfigError, OutputError, StoreError
 
 # ───────────────────────────── merge engine ─────────────────────────────
+# Heavy modules (torch) are imported inside the functions so `import calmerge.api` stays cheap.
+
+
+def inspect_model(
+    ref: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> dict[str, Any]:
+    """Architecture, parameter count, dtypes, vocabulary, chat template of a model."""
+    from calmerge.io.checkpoint import open_checkpoint
+
+    ckpt = open_checkpoint(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    embed = next((n for n in ckpt.tensor_names if "embed_tokens" in n), None)
+    return {
+        "path": str(ckpt.path),
+        "architecture": ", ".join(ckpt.architectures) or "?",
+        "model_type": ckpt.model_type or "?",
+        "parameters": ckpt.num_params,
+        "tensors": len(ckpt.tensor_names),
+        "dtypes": {str(d).removeprefix("torch."): n for d, n in ckpt.dtypes.items()},
+        "vocab_size": ckpt.config.get("vocab_size"),
+        "embedding_rows": ckpt.shape(embed)[0] if embed else None,
+        "layers": ckpt.num_layers,
+        "hidden_size": ckpt.config.get("hidden_size"),
+        "tied_embeddings": ckpt.tied_embeddings,
+        "chat_template": ckpt.has_chat_template,
+        "shards": len(ckpt.shard_files) or None,
+        "fingerprint": ckpt.fingerprint()[:16],
+    }
+
+
+def diff_models(
+    base: str | Path,
+    aligned: str | Path,
+    *,
+    png: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> list[Any]:
+    """Per-layer relative ‖θ_aligned − θ_base‖ / ‖θ_base‖ (LayerDelta list), optional PNG."""
+    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.merge.engine import layer_deltas, plot_deltas
+
+    opts = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
+    if png is not None and Path(png).is_dir():
+        raise OutputError(f"{png}: is a directory", "give a .png file path")
+    b, a = open_checkpoint(base, **opts), open_checkpoint(aligned, **opts)
+    deltas = layer_deltas(b, a)
+    if png is not None:
+        plot_deltas(deltas, Path(png), title=f"{Path(str(aligned)).name} vs {Path(str(base)).name}")
+    return deltas
+
+
+def merge(config: Any, out: str | Path, **options: Any) -> Any:
+    """Run a merge config (MergeConfig, or a path to our / mergekit YAML) into `out`.
+
+    Options: force, max_shard_size, compute_dtype, out_dtype, allow_pickle, trust_remote_code,
+    device, model_card_extra, quiet, on_warning. Returns a MergeResult.
+    """
+    from calmerge.merge.engine import run_merge
+
+    return run_merge(config, out, **options)
+
+
+def merge_pair(base: str | Path, aligned: str | Path, lam: float, out: str | Path,
+               **options: Any) -> Path:
+    """θ_base + λ(θ_aligned − θ_base) into `out` (see calmerge.merge.engine.merge_pair)."""
+    from calmerge.merge.engine import merge_pair as _merge_pair
+
+    return _merge_pair(base, aligned, lam, out, **options)
 
 
 # ───────────────────────────── evaluation ─────────────────────────────
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """A finished `calmerge eval`: metrics with intervals, per-item scores, diversity, files."""
+
+    metrics: dict[str, Any]
+    result: Any
+    reliability: list[dict[str, float]]
+    diversity: dict[str, float] | None
+    samples: list[list[str]] | None
+    seconds: float
+    output: Path | None = None
+    diagram: Path | None = None
+
+
+def _eval_output_paths(output: str | None) -> tuple[Path | None, Path | None]:
+    """(JSON path, PNG path beside it), checked writable before any work starts."""
+    if output is None:
+        return None, None
+    path = Path(output)
+    if path.is_dir():
+        raise OutputError(f"--output {path}: is a directory", "give a file name like results.json")
+    if not path.parent.is_dir():
+        raise OutputError(f"--output {path}: folder {path.parent} does not exist", "create it first")
+    return path, path.with_suffix(".reliability.png")
+
+
+def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
+    """Score `cfg.data` (and sample `cfg.prompts`) with one model; write outputs atomically.
+
+    Every input is validated (items, prompts, template, chat template, context length, output
+    path) before the model runs, so a user mistake leaves nothing behind.
+    """
+    import time
+
+    from calmerge.eval.calibration import compute_metrics, reliability_bins
+    from calmerge.eval.data import load_items, load_prompts
+    from calmerge.eval.loading import load_model
+    from calmerge.eval.score import Scorer
+
+    out_json, out_png = _eval_output_paths(cfg.output)
+    items = load_items(cfg.data)
+    fewshot = load_items(cfg.dev)[: cfg.fewshot] if cfg.dev else []
+    prompts = load_prompts(cfg.prompts) if cfg.prompts else []
+    model, tokenizer = load_model(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
+    )
+    scorer = Scorer(
+        tokenizer, items, mode=cfg.mode, template=cfg.prompt_template,
+        prompt_format=cfg.prompt_format, fewshot=fewshot, batch_size=cfg.batch_size,
+    )
+    scorer.check_context(getattr(model.config, "max_position_embeddings", None))
+    start = time.perf_counter()
+    result = scorer.score(model, progress=progress)
+    metrics = compute_metrics(result, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins)
+    reliability = reliability_bins(result.confidence, result.correct, cfg.n_bins)
+    diversity = samples = None
+    if prompts:
+        from calmerge.eval.diversity import diversity_metrics
+        from calmerge.eval.generate import sample_generations
+
+        samples = sample_generations(
+            model, tokenizer, prompts, k=cfg.samples, temperature=cfg.temperature,
+            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+            chat=cfg.prompt_format == "chat", batch_size=max(1, cfg.batch_size // 2),
+            progress=progress,
+        )
+        diversity = diversity_metrics(samples, embed=cfg.embed_diversity)
+    report = EvalReport(
+        metrics, result, reliability, diversity, samples, time.perf_counter() - start
+    )
+    if out_json is not None:
+        _write_eval_json(report, cfg, prompts, out_json)
+        _write_reliability_png(reliability, metrics, out_png, title=Path(cfg.model).name)
+        report = EvalReport(**{**report.__dict__, "output": out_json, "diagram": out_png})
+    return report
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through `write(tmp_path)` and rename into place only when complete."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{path}: cannot write ({exc.strerror})", "check permissions/space") from None
+
+
+def _write_eval_json(report: EvalReport, cfg: Any, prompts: list, path: Path) -> None:
+    import json
+    import math
+
+    def clean(x: float) -> float | None:
+        return None if isinstance(x, float) and not math.isfinite(x) else x
+
+    payload = {
+        "config": cfg.model_dump(mode="json"),
+        "metrics": {k: {n: clean(v) for n, v in m.as_dict().items()} for k, m in report.metrics.items()},
+        "reliability": [{k: clean(v) for k, v in b.items()} for b in report.reliability],
+        "diversity": report.diversity,
+        "predictions": report.result.predictions(),
+        "samples": (
+            {p.id: s for p, s in zip(prompts, report.samples, strict=True)}
+            if report.samples is not None else None
+        ),
+        "seconds": report.seconds,
+    }
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+
+
+def _write_reliability_png(bins: list[dict], metrics: dict, path: Path, title: str) -> None:
+    """Reliability diagram: accuracy per confidence bin against the diagonal, counts below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    width = bins[0]["hi"] - bins[0]["lo"]
+    mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    fig, (ax, axc) = plt.subplots(
+        2, 1, figsize=(4.5, 5.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
+    )
+    acc = [b["accuracy"] if b["count"] else 0.0 for b in bins]
+    ax.bar(mids, acc, width=width * 0.95, color="#4C72B0", edgecolor="k", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ece = metrics["ece"]
+    ax.set_title(f"{title}: ECE {ece.value:.3f} [{ece.lo:.3f}, {ece.hi:.3f}]", fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(mids, [b["count"] for b in bins], width=width * 0.95, color="#999999")
+    axc.set_xlabel("confidence")
+    axc.set_ylabel("items")
+    fig.tight_layout()
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
 
 
 # ───────────────────────────── sweep ─────────────────────────────
@@ -105,7 +314,7 @@ def write_results(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> str
         for r in rows:
             cols.extend(k for k in r if k not in cols)
         buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols)
+        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
         text = buf.getvalue()
@@ -130,6 +339,140 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def report(
+    store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
+) -> tuple[Any, Any]:
+    """(Re)write the report of a run from the store alone: no model is loaded.
+
+    λ is picked on dev when the run has a dev split (reported on test); the temperature-scaling
+    baseline is the aligned model's dev-fitted temperature applied to its test predictions.
+    """
+    from calmerge.analysis.pareto import verdict as make_verdict
+    from calmerge.report import write_report
+    from calmerge.sweep.runner import load_points
+
+    db = _open_store(store)
+    rec = db.run(run)
+    cfg = rec.config
+    points = load_points(db, rec.id, n_bins=int(cfg.get("n_bins", 10)))
+    if not points:
+        raise StoreError(f"run {rec.id} has no finished points", "run or resume the sweep first")
+    splits = {s for p in points for s in p.metrics}
+    select = "dev" if "dev" in splits else "test"
+    ts = temperature_baseline(db, rec.id, n_boot=int(cfg.get("n_boot", 1000)))
+    v = make_verdict(
+        points,
+        select_split=select,
+        report_split="test",
+        rule=pick,
+        objectives=tuple(cfg["objectives"]) if cfg.get("objectives") else None,
+        temperature_scaled=ts,
+        n_boot=int(cfg.get("n_boot", 1000)),
+        seed=int(cfg.get("seed", 0)),
+    )
+    meta = {
+        "run": f"{rec.id} ({rec.config_hash})",
+        "base": str(cfg.get("base")),
+        "aligned": str(cfg.get("aligned")),
+        "test data": str(cfg.get("data")),
+        "dev data": str(cfg.get("dev") or "none (pick chosen on test)"),
+        "scoring": f"{cfg.get('mode')} · {cfg.get('prompt_format')} prompts · {cfg.get('dtype')}",
+        "store": str(Path(store)),
+    }
+    paths = write_report(points, v, Path(out), title=rec.name, meta=meta, temperature_scaled=ts)
+    return paths, v
+
+
+def temperature_baseline(db: Any, run_id: int, *, n_boot: int = 1000) -> dict[str, Any] | None:
+    """Metrics of the aligned model (linear λ=1) after temperature scaling fitted on dev.
+
+    This is the post-hoc calibration fix merging is compared with. None without a dev split.
+    """
+    import numpy as np
+
+    from calmerge.analysis.pareto import Metric
+    from calmerge.eval.calibration import fit_temperature
+    from calmerge.eval.calibration import compute_metrics
+    from calmerge.eval.score import finalize
+
+    aligned = next(
+        (p for p in db.points(run_id, status="done") if p.family == "linear" and p.lam == 1.0), None
+    )
+    if aligned is None:
+        return None
+    dev, test = db.predictions(aligned.id, "dev"), db.predictions(aligned.id, "test")
+    if not dev or not test:
+        return None
+
+    def arrays(preds):
+        width = max(len(p.logprobs) for p in preds)
+        ll = np.full((len(preds), width), -np.inf)
+        for i, p in enumerate(preds):
+            ll[i, : len(p.logprobs)] = p.logprobs
+        return ll, np.isfinite(ll), np.array([p.answer for p in preds])
+
+    dev_ll, _, dev_y = arrays(dev)
+    temp = fit_temperature(dev_ll, dev_y)
+    ll, mask, y = arrays(test)
+    scaled = finalize([p.item_id for p in test], ll / temp, mask, y, np.ones_like(ll), "loglik")
+    ms = compute_metrics(scaled, n_boot=n_boot)
+    out = {k: Metric(m.value, m.lo, m.hi) for k, m in ms.items()}
+    out["temperature"] = Metric(float(temp), float("nan"), float("nan"))
+    return out
+
+
+def export(
+    store: str | Path,
+    run: str | None,
+    *,
+    pick: str,
+    out: str | Path,
+    force: bool = False,
+    max_shard_size: str = "5GB",
+) -> tuple[Path, Any]:
+    """Write the picked merge of a run through the merge engine, metrics in its model card."""
+    from calmerge.analysis.pareto import pick as pick_point
+    from calmerge.merge.engine import merge_pair
+    from calmerge.sweep.runner import load_points
+
+    db = _open_store(store)
+    rec = db.run(run)
+    points = load_points(db, rec.id, with_correct=False)
+    splits = {s for p in points for s in p.metrics}
+    point = pick_point(points, pick, split="dev" if "dev" in splits else "test")
+    cfg = rec.config
+    card = model_card_metrics(point, rec, pick)
+    path = merge_pair(
+        cfg["base"],
+        cfg["aligned"],
+        point.lam,
+        Path(out),
+        method=point.family,
+        force=force,
+        max_shard_size=max_shard_size,
+        model_card_extra=card,
+    )
+    return path, point
+
+
+def model_card_metrics(point: Any, rec: Any, pick: str) -> str:
+    """The model card's measured section: how the point was picked and its metrics per split."""
+    lines = [
+        "## Measured by calmerge",
+        "",
+        f"Picked `{point.family}` λ={point.lam:g} by rule `{pick}` from sweep run {rec.id}"
+        f" ({rec.name}).",
+        "",
+        "| split | metric | value | 95% interval |",
+        "|---|---|---|---|",
+    ]
+    for split, ms in sorted(point.metrics.items()):
+        for name, m in sorted(ms.items()):
+            interval = "" if m.lo != m.lo else f"{m.lo:.4f} – {m.hi:.4f}"
+            lines.append(f"| {split} | {name} | {m.value:.4f} | {interval} |")
+    return "\n".join(lines) + "\n"
 
 
 def _open_store(store: str | Path):

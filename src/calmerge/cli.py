@@ -40,8 +40,205 @@ def _fail(message: str, code: int = 2) -> None:
 
 # ───────────────────────────── merge engine (inspect, diff, merge) ─────────────────────────────
 
+PickleOpt = Annotated[
+    bool, typer.Option("--allow-pickle", help="Allow pickled .bin weights (runs their code).")
+]
+RemoteOpt = Annotated[
+    bool, typer.Option("--trust-remote-code", help="Allow models whose config needs custom code.")
+]
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[bold yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def _parse_lambda(text: str) -> float:
+    from calmerge.errors import ConfigError
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--lam '{text}': not a number", "use e.g. --lam 0.6 (any real λ)") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"--lam '{text}': must be finite", "use e.g. --lam 0.6")
+    return value
+
+
+@app.command("inspect")
+def inspect_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory or hub id.")],
+    allow_pickle: PickleOpt = False,
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Architecture, parameters, dtype, vocabulary and chat template of a model."""
+    from rich.table import Table
+
+    from calmerge import api
+
+    info = api.inspect_model(model, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    table = Table(show_header=False, box=None)
+    for key, value in info.items():
+        if key == "parameters":
+            value = f"{value:,} ({value / 1e6:.1f} M)"
+        elif key == "dtypes":
+            value = ", ".join(f"{d}: {n:,}" for d, n in value.items())
+        table.add_row(f"[bold]{key}[/]", str(value))
+    console.print(table)
+
+
+@app.command("diff")
+def diff_cmd(
+    base: Annotated[str, typer.Argument(help="Pre-alignment model (dir or hub id).")],
+    aligned: Annotated[str, typer.Argument(help="Aligned model (dir or hub id).")],
+    png: Annotated[Path | None, typer.Option("--png", help="Also write a bar chart here.")] = None,
+    allow_pickle: PickleOpt = False,
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Per-layer relative weight change ‖θ_aligned − θ_base‖ / ‖θ_base‖."""
+    from rich.table import Table
+
+    from calmerge import api
+
+    deltas = api.diff_models(
+        base, aligned, png=png, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
+    table = Table("group", "params", "‖Δ‖", "‖θ_base‖", "relative ‖Δ‖")
+    for d in deltas:
+        table.add_row(d.group, f"{d.params:,}", f"{d.delta_norm:.4g}", f"{d.base_norm:.4g}",
+                      f"{d.relative:.4f}")
+    console.print(table)
+    if png is not None:
+        console.print(f"wrote {png}")
+
+
+@app.command("merge")
+def merge_cmd(
+    config: Annotated[
+        Path | None, typer.Argument(help="Merge YAML (mergekit schema or calmerge's).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="Output model directory.")] = None,
+    base: Annotated[str | None, typer.Option(help="Base model (with --aligned and --lam).")] = None,
+    aligned: Annotated[str | None, typer.Option(help="Aligned model.")] = None,
+    lam: Annotated[
+        str | None, typer.Option("--lam", help="θ = θ_base + λ(θ_aligned − θ_base); any real λ.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="Method for --base/--aligned merges.")] = "linear",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
+    compute_dtype: Annotated[
+        str | None, typer.Option(help="Arithmetic dtype (default float32).")
+    ] = None,
+    out_dtype: Annotated[
+        str | None, typer.Option(help="Written dtype (default: the aligned model's).")
+    ] = None,
+    allow_pickle: PickleOpt = False,
+    trust_remote_code: RemoteOpt = False,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Merge two models at λ, or run a merge YAML; written atomically to -o."""
+    from calmerge import api
+    from calmerge.config import load_merge_config
+    from calmerge.errors import ConfigError
+
+    if out is None:
+        raise ConfigError("merge: -o/--out is required", "e.g. -o merged/")
+    pair = (base, aligned, lam)
+    if config is not None and any(v is not None for v in pair):
+        raise ConfigError("merge: give a config file or --base/--aligned/--lam, not both",
+                          "drop one of them")
+    if config is None:
+        if any(v is None for v in pair):
+            raise ConfigError("merge: --base, --aligned and --lam are required without a config",
+                              "or pass a merge YAML")
+        from calmerge.merge.engine import pair_config
+
+        cfg = pair_config(base, aligned, _parse_lambda(lam), method=method)
+    else:
+        cfg = load_merge_config(config)
+    result = api.merge(
+        cfg, out, force=force, max_shard_size=max_shard_size, compute_dtype=compute_dtype,
+        out_dtype=out_dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        device=device, quiet=quiet, on_warning=_warn,
+    )
+    console.print(
+        f"wrote [bold]{result.path}[/] ({result.bytes_written / 1e6:.1f} MB) in"
+        f" {result.seconds:.1f} s", highlight=False,
+    )
+
 
 # ───────────────────────────── evaluation (eval) ─────────────────────────────
+
+_EVAL_ROWS = (
+    ("acc", "accuracy"), ("acc_norm", "accuracy (length-normalised)"),
+    ("ece", "ECE (10 equal-width bins)"), ("ece_mass", "ECE (equal-mass bins)"),
+    ("mce", "MCE"), ("smece", "smooth ECE"), ("brier", "Brier"), ("nll", "NLL"),
+    ("auroc", "AUROC (confidence→correct)"), ("entropy", "answer entropy (nats)"),
+)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="Model directory or hub id (offline cache).")],
+    data: Annotated[Path, typer.Option("--data", help="Multiple-choice items (.jsonl/.csv).")],
+    prompts: Annotated[
+        Path | None, typer.Option("--prompts", help="Open-ended prompts for diversity.")
+    ] = None,
+    dev: Annotated[Path | None, typer.Option("--dev", help="Dev items (few-shot).")] = None,
+    fewshot: Annotated[int, typer.Option("--fewshot", help="Few-shot examples from --dev.")] = 0,
+    mode: Annotated[str, typer.Option("--mode", help="loglik or letter.")] = "loglik",
+    prompt_template: Annotated[
+        str | None,
+        typer.Option("--prompt-template", help="e.g. '{question}\\n{choices}\\nAnswer:'."),
+    ] = None,
+    prompt_format: Annotated[str, typer.Option("--prompt-format", help="plain or chat.")] = "plain",
+    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16.")] = "float32",
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per forward.")] = 16,
+    samples: Annotated[int, typer.Option("--samples", help="Samples per prompt.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
+    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    no_embed: Annotated[
+        bool, typer.Option("--no-embed", help="Skip the embedding-diversity metric.")
+    ] = False,
+    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="results.json (+ .reliability.png).")
+    ] = None,
+    trust_remote_code: RemoteOpt = False,
+) -> None:
+    """Accuracy, calibration (with 95% intervals) and diversity of one model."""
+    from rich.table import Table
+
+    from calmerge import api
+    from calmerge.config import EvalConfig, validate
+
+    template = prompt_template.replace("\\n", "\n").replace("\\t", "\t") if prompt_template else None
+    raw = {
+        "model": model, "data": str(data), "prompts": str(prompts) if prompts else None,
+        "dev": str(dev) if dev else None, "fewshot": fewshot, "mode": mode,
+        "prompt_template": template, "prompt_format": prompt_format, "dtype": dtype,
+        "device": device, "batch_size": batch_size, "samples": samples,
+        "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
+        "embed_diversity": not no_embed, "n_boot": n_boot, "seed": seed,
+        "output": str(output) if output else None, "trust_remote_code": trust_remote_code,
+    }
+    cfg = validate(EvalConfig, raw, "command line")
+    report = api.evaluate(cfg, progress=True)
+    table = Table(title=f"{model} — {len(report.result)} items, {cfg.mode}", title_justify="left")
+    for col in ("metric", "value", "95% interval"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, label in _EVAL_ROWS:
+        m = report.metrics[key]
+        table.add_row(label, f"{m.value:.4f}", f"[{m.lo:.4f}, {m.hi:.4f}]")
+    for key, value in (report.diversity or {}).items():
+        table.add_row(f"diversity: {key}", f"{value:.4f}", "")
+    console.print(table)
+    console.print(f"scored in {report.seconds:.1f} s", highlight=False)
+    if report.output is not None:
+        console.print(f"wrote [bold]{report.output}[/] and {report.diagram}", highlight=False)
 
 
 # ───────────────────────────── sweep (sweep, runs, results, export, report) ─────────────────────

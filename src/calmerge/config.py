@@ -130,6 +130,39 @@ def load_merge_config(path: Path) -> MergeConfig:
 # ───────────────────────────── evaluation ─────────────────────────────
 
 
+class EvalConfig(Frozen):
+    """One `calmerge eval` run: which model, which data, how to prompt and score."""
+
+    model: str
+    data: str
+    prompts: str | None = None
+    dev: str | None = None
+    fewshot: int = Field(0, ge=0, le=64)
+    mode: Literal["loglik", "letter"] = "loglik"
+    prompt_template: str | None = None
+    prompt_format: Literal["plain", "chat"] = "plain"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(16, ge=1)
+    samples: int = Field(8, ge=2, le=256)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(32, ge=1, le=4096)
+    embed_diversity: bool = True
+    seed: int = 0
+    n_boot: int = Field(1000, ge=0, le=100000)
+    n_bins: int = Field(10, ge=2, le=100)
+    output: str | None = None
+    trust_remote_code: bool = False
+
+    @field_validator("fewshot")
+    @classmethod
+    def _fewshot_needs_dev(cls, v: int, info: Any) -> int:
+        if v and not info.data.get("dev"):
+            raise ValueError("few-shot examples come from a dev split: pass --dev too")
+        return v
+
+
 # ───────────────────────────── sweep ─────────────────────────────
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))

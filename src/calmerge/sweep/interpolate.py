@@ -39,10 +39,19 @@ def pad_vocab_rows(base: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
 
 
 def linear_fn(lam: float) -> TensorFn:
-    """θ_base + λ·(θ_aligned − θ_base), the paper's interpolation (any real λ)."""
+    """θ_base + λ·(θ_aligned − θ_base) for any real λ, as the merge engine computes it.
 
-    def fn(_name: str, base: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
-        return torch.lerp(base, aligned, float(lam))
+    The engine's `linear` (mergekit's definition: Σ w_i·θ_i with weights (1−λ, λ), divided by
+    their sum) is used rather than `torch.lerp`, because the two round differently and a sweep
+    point must be bit for bit the checkpoint `calmerge merge`/`export` writes for that λ.
+    """
+    from calmerge.merge.methods import Group, get_method
+
+    method = get_method("linear")
+    weights = [1.0 - float(lam), float(lam)]
+
+    def fn(name: str, base: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+        return method(Group((base, aligned), name=name), weight=weights)
 
     return fn
 
@@ -105,8 +114,7 @@ def pair_fn(family: str, lam: float, *, density: float = 0.5, seed: int = 0) -> 
     λ plays the same role as in linear: θ_base + λ·prune(Δ). DARE's random mask is seeded per
     tensor name, so a point's weights are reproducible and equal `calmerge merge`'s.
     """
-    import zlib
-
+    from calmerge.merge.engine import tensor_seed
     from calmerge.merge.methods import Group, get_method
 
     if family not in PAIR_FAMILIES:
@@ -118,7 +126,7 @@ def pair_fn(family: str, lam: float, *, density: float = 0.5, seed: int = 0) -> 
         group = Group((base, aligned), base_index=0, name=name)
         if family == "slerp":
             return method(group, t=float(lam))
-        gen = torch.Generator().manual_seed(seed + zlib.crc32(name.encode()))
+        gen = torch.Generator().manual_seed(tensor_seed(seed, name))
         return method(group, gen, weight=[1.0, 1.0], density=[1.0, density], **{"lambda": lam})
 
     return fn

@@ -227,7 +227,7 @@ class Sweep:
 
     def evaluate_point(self, family: str, lam: float) -> tuple[dict, dict, dict]:
         """Rewrite the weights to (family, λ) and measure every split (+ diversity)."""
-        from calmerge.eval.score import compute_metrics
+        from calmerge.eval.calibration import compute_metrics
 
         self._load()
         cfg = self.cfg
@@ -378,7 +378,9 @@ class PointBar:
             self._progress.update(self._task, description=text)
 
 
-def load_points(store: ResultStore, run_id: int, *, with_correct: bool = True) -> list:
+def load_points(
+    store: ResultStore, run_id: int, *, with_correct: bool = True, n_bins: int = 10
+) -> list:
     """Finished points of a run as analysis `Point`s (metrics, reliability, per-item correctness)."""
     from calmerge.analysis.pareto import Metric, Point
     from calmerge.eval.calibration import reliability_bins
@@ -395,7 +397,7 @@ def load_points(store: ResultStore, run_id: int, *, with_correct: bool = True) -
                 continue
             conf = np.array([p.confidence for p in preds])
             ok = np.array([p.pred == p.answer for p in preds], dtype=float)
-            reliability[split] = reliability_bins(conf, ok, n_bins=10)
+            reliability[split] = reliability_bins(conf, ok, n_bins=n_bins)
             correct[split] = ok
         out.append(
             Point(

@@ -1,0 +1,200 @@
+"""Time `calmerge merge` against `mergekit-yaml` (linear 0.5) and the IO floor, in one run.
+
+Builds (once, cached) a ~200M-parameter bf16 Llama pair in 3 safetensors shards, warms the
+page cache, then runs each contender as a child process under /usr/bin/time -v (wall time,
+peak RSS). The IO floor is a child that reads both inputs once and writes one model-sized
+output, with no arithmetic. Prints the ratios the README quotes.
+
+    .venv/bin/python benchmarks/merge_vs_mergekit.py [--cache /tmp/calmerge-bench] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+CONFIG = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 1024,
+    "intermediate_size": 2816,
+    "num_hidden_layers": 10,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 16,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16",
+    "hidden_act": "silu",
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
+IO_FLOOR = r"""
+import os, sys
+buf = bytearray(64 << 20)
+total = 0
+for path in sys.argv[2:]:
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            total += n
+out = sys.argv[1]
+size = sum(os.path.getsize(p) for p in sys.argv[2:]) // 2
+with open(out, "wb", buffering=0) as fh:
+    written = 0
+    while written < size:
+        written += fh.write(memoryview(buf)[: min(len(buf), size - written)])
+"""
+
+
+def shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    h, i, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    out = {"model.embed_tokens.weight": (v, h)}
+    for n in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{n}."
+        for proj in ("q", "k", "v", "o"):
+            out[f"{p}self_attn.{proj}_proj.weight"] = (h, h)
+        out[f"{p}mlp.gate_proj.weight"] = (i, h)
+        out[f"{p}mlp.up_proj.weight"] = (i, h)
+        out[f"{p}mlp.down_proj.weight"] = (h, i)
+        out[f"{p}input_layernorm.weight"] = (h,)
+        out[f"{p}post_attention_layernorm.weight"] = (h,)
+    out["model.norm.weight"] = (h,)
+    out["lm_head.weight"] = (v, h)
+    return out
+
+
+def build(path: Path, seed: int, base: Path | None) -> None:
+    """A random bf16 Llama in 3 shards (aligned = base + small seeded noise)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    if (path / "model.safetensors.index.json").is_file():
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(seed)
+    names = list(shapes(CONFIG).items())
+    parts = [names[k::3] for k in range(3)]
+    parts = [
+        names[: len(names) // 3],
+        names[len(names) // 3 : 2 * len(names) // 3],
+        names[2 * len(names) // 3 :],
+    ]
+    weight_map = {}
+    base_state: dict = {}
+    if base is not None:
+        for f in sorted(base.glob("model-*.safetensors")):
+            base_state.update(load_file(str(f)))
+    for k, part in enumerate(parts):
+        fname = f"model-{k + 1:05d}-of-00003.safetensors"
+        state = {}
+        for name, shape in part:
+            if base is None:
+                t = torch.randn(shape, generator=gen) * 0.02
+            else:
+                t = base_state[name].float() + torch.randn(shape, generator=gen) * 0.002
+            state[name] = t.to(torch.bfloat16)
+            weight_map[name] = fname
+        save_file(state, str(tmp / fname), metadata={"format": "pt"})
+    size = sum((tmp / f).stat().st_size for f in set(weight_map.values()))
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": size}, "weight_map": weight_map})
+    )
+    (tmp / "config.json").write_text(json.dumps(CONFIG))
+    os.replace(tmp, path)
+
+
+def timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB) of a child process via /usr/bin/time -v."""
+    proc = subprocess.run(
+        ["/usr/bin/time", "-v", *cmd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-2000:]}")
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", proc.stderr)
+    h, mnt, s = wall.groups()
+    seconds = int(h or 0) * 3600 + int(mnt) * 60 + float(s)
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))
+    return seconds, rss / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "calmerge-bench")
+    ap.add_argument("--repeat", type=int, default=2, help="runs per contender (best is kept)")
+    args = ap.parse_args()
+    base, aligned = args.cache / "base", args.cache / "aligned"
+    build(base, 0, None)
+    build(aligned, 1, base)
+    n_params = sum(
+        a * (b if len(s) > 1 else 1) for s in shapes(CONFIG).values() for a, b in [(s[0], s[-1])]
+    )
+    files = [str(f) for d in (base, aligned) for f in sorted(d.glob("*.safetensors"))]
+    work = args.cache / "runs"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    yml = work / "linear.yml"
+    yml.write_text(
+        f"merge_method: linear\nmodels:\n  - model: {base}\n    parameters: {{weight: 0.5}}\n"
+        f"  - model: {aligned}\n    parameters: {{weight: 0.5}}\ndtype: float32\n"
+        "out_dtype: bfloat16\n"
+    )
+    contenders = {
+        "mergekit": lambda o: [
+            str(BIN / "mergekit-yaml"),
+            str(yml),
+            o,
+            "--quiet",
+            "--no-copy-tokenizer",
+        ],
+        "calmerge": lambda o: [
+            str(BIN / "calmerge"),
+            "merge",
+            "--base",
+            str(base),
+            "--aligned",
+            str(aligned),
+            "--lam",
+            "0.5",
+            "-o",
+            o,
+            "--quiet",
+            "--out-dtype",
+            "bfloat16",
+        ],
+        "io floor": lambda o: [sys.executable, "-c", IO_FLOOR, o, *files],
+    }
+    timed(contenders["io floor"](str(work / "warm")))  # warm the page cache
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(args.repeat):
+        for name, cmd in contenders.items():
+            out = work / name.replace(" ", "_")
+            shutil.rmtree(out, ignore_errors=True) if out.is_dir() else out.unlink(missing_ok=True)
+            wall, rss = timed(cmd(str(out)))
+            prev = best.get(name)
+            best[name] = (min(wall, prev[0]) if prev else wall, min(rss, prev[1]) if prev else rss)
+    print(f"model: {n_params / 1e6:.0f}M params bf16, 3 shards; {os.cpu_count()} CPUs")
+    print(f"{'':10s} {'wall s':>8s} {'peak RSS MB':>12s}")
+    for name, (wall, rss) in best.items():
+        print(f"{name:10s} {wall:8.2f} {rss:12.0f}")
+    mk, cm, floor = best["mergekit"], best["calmerge"], best["io floor"]
+    print(f"speed-up vs mergekit: {mk[0] / cm[0]:.2f}x   (target >= 3x)")
+    print(f"peak RSS vs mergekit: {cm[1] / mk[1]:.2f}x   (target <= 0.5x)")
+    print(f"wall vs IO floor:     {cm[0] / floor[0]:.2f}x   (target <= 1.5x)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,635 @@
+"""The merge engine: plan (validate everything), then stream tensor by tensor to disk.
+
+Why two phases: every user mistake (bad method, missing parameter, incompatible checkpoints,
+no disk space, existing output) is found by `plan_merge` before a byte is written. `execute`
+then streams: a thread pool reads the next tensors (preadv, GIL released) while the current
+one is merged, and a writer thread puts results at their final offsets in pre-sized shards.
+Resident memory is a few tensors (the prefetch window), not the model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from calmerge.config import MergeConfig, load_merge_config
+from calmerge.errors import CalmergeError, CheckpointError, ConfigError, did_you_mean
+from calmerge.io import export
+from calmerge.io.checkpoint import (
+    Checkpoint,
+    check_finite,
+    layer_index,
+    open_checkpoint,
+    validate_pair,
+)
+from calmerge.merge.methods import (
+    REQUIRED,
+    Group,
+    MergeMethod,
+    get_method,
+    layer_position,
+    resolve_setting,
+)
+
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+_BLOCK_ELEMENTS = 1 << 18  # row-block size for elementwise methods (fits in L2 cache)
+PREFETCH = 2
+
+
+def to_dtype(name: str | torch.dtype | None, what: str = "dtype") -> torch.dtype | None:
+    """'bfloat16' / torch.bfloat16 / None → torch dtype; one-line error otherwise."""
+    if name is None or isinstance(name, torch.dtype):
+        return name
+    key = str(name).removeprefix("torch.")
+    if key not in DTYPES:
+        raise ConfigError(
+            f"{what} '{name}' is not supported", did_you_mean(key, DTYPES) or f"use {list(DTYPES)}"
+        )
+    return DTYPES[key]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One output tensor: its spec, resolved parameters, and rows merged vs copied."""
+
+    spec: export.TensorSpec
+    params: dict[str, Any]
+    merge: bool
+    common_rows: int | None = None
+
+
+@dataclass
+class MergePlan:
+    """Everything `execute` needs, all validated."""
+
+    config: MergeConfig
+    method: MergeMethod
+    inputs: list[Checkpoint]
+    base_index: int | None
+    ref_index: int
+    compute_dtype: torch.dtype | None
+    out_dtype: torch.dtype
+    jobs: list[Job]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def reference(self) -> Checkpoint:
+        return self.inputs[self.ref_index]
+
+    @property
+    def out_bytes(self) -> int:
+        return sum(j.spec.nbytes for j in self.jobs)
+
+    @property
+    def in_bytes(self) -> int:
+        return sum(c.nbytes(j.spec.name) for j in self.jobs for c in self.inputs)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    path: Path
+    seconds: float
+    bytes_read: int
+    bytes_written: int
+    warnings: list[str]
+
+
+# ───────────────────────────── planning ─────────────────────────────
+
+
+def _same_model(a: str, b: str) -> bool:
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _check_param_keys(method: MergeMethod, settings: dict[str, Any], where: str) -> None:
+    for key in settings:
+        if key not in method.parameters:
+            raise ConfigError(
+                f"{where}: unknown parameter '{key}' for method '{method.name}'",
+                did_you_mean(key, method.parameters) or f"allowed: {method.parameters}",
+            )
+
+
+def _resolve(
+    key: str, default: Any, sources: list[dict[str, Any]], name: str, t: float, who: str
+) -> Any:
+    """First source (highest precedence first) giving a value for `key`, else the default."""
+    for src in sources:
+        if key in src:
+            value = resolve_setting(src[key], name, t, key)
+            if value is not None:
+                return value
+    if default is REQUIRED:
+        raise ConfigError(
+            f"parameter '{key}' is required for {who} (tensor '{name}')",
+            "set it under the model's 'parameters:' or the top-level 'parameters:'",
+        )
+    return default
+
+
+def _tensor_params(
+    plan_method: MergeMethod,
+    cfg: MergeConfig,
+    models: list[str],
+    base_index: int | None,
+    per_model: list[dict[str, Any]],
+    name: str,
+    t: float,
+) -> dict[str, Any]:
+    """Resolve every parameter of `plan_method` for one tensor (mergekit precedence)."""
+    top = dict(cfg.parameters)
+    params: dict[str, Any] = {}
+    for key, default in plan_method.per_input.items():
+        params[key] = [
+            _resolve(key, default, [per_model[i], top], name, t, models[i])
+            for i in range(len(models))
+        ]
+    for key, default in plan_method.per_delta.items():
+        params[key] = [
+            None
+            if i == base_index
+            else _resolve(key, default, [per_model[i], top], name, t, models[i])
+            for i in range(len(models))
+        ]
+    for key, default in plan_method.shared.items():
+        params[key] = _resolve(key, default, [top], name, t, "the merge")
+    return params
+
+
+def _validate_inputs(inputs: list[Checkpoint], base_index: int | None) -> list[str]:
+    """Pairwise validation against the anchor (base, else the first model)."""
+    anchor_i = base_index if base_index is not None else 0
+    warnings: list[str] = []
+    for i, ckpt in enumerate(inputs):
+        if i != anchor_i:
+            for w in validate_pair(inputs[anchor_i], ckpt).warnings:
+                if w not in warnings:
+                    warnings.append(w)
+    return warnings
+
+
+def plan_merge(
+    config: MergeConfig,
+    *,
+    compute_dtype: str | torch.dtype | None = None,
+    out_dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> MergePlan:
+    """Open and validate all inputs and resolve every tensor's parameters; no output yet."""
+    method = get_method(config.method)
+    _check_param_keys(method, config.parameters, "parameters")
+    for m in config.models:
+        _check_param_keys(method, m.parameters, f"parameters of {m.model}")
+    models = [m.model for m in config.models]
+    per_model = [dict(m.parameters) for m in config.models]
+    base_index = None
+    if config.base is not None:
+        found = [i for i, m in enumerate(models) if _same_model(m, config.base)]
+        if found:
+            base_index = found[0]
+        else:
+            models.append(config.base)
+            per_model.append({})
+            base_index = len(models) - 1
+    elif method.needs_base:
+        raise ConfigError(f"method '{method.name}' needs a base model", "set 'base:'")
+    n_others = len(models) - (base_index is not None)
+    if n_others < method.min_models or (method.max_models and n_others > method.max_models):
+        want = (
+            method.min_models
+            if method.max_models == method.min_models
+            else (f"at least {method.min_models}")
+        )
+        raise ConfigError(
+            f"method '{method.name}' takes {want} non-base model(s), got {n_others}",
+            "adjust 'models:'",
+        )
+    opened = [
+        open_checkpoint(m, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        for m in models
+    ]
+    warnings = _validate_inputs(opened, base_index)
+    ref_index = next(i for i in range(len(models)) if i != base_index) if n_others else 0
+    ref = opened[ref_index]
+    cd = (
+        to_dtype(compute_dtype, "--compute-dtype")
+        if compute_dtype is not None
+        else to_dtype(config.compute_dtype)
+    )
+    od = to_dtype(out_dtype, "--out-dtype") or to_dtype(config.out_dtype) or ref.main_dtype
+    num_layers = ref.num_layers
+    jobs = []
+    for name in sorted(ref.tensor_names, key=lambda n: _file_order(ref, n)):
+        shape = ref.shape(name)
+        is_float = ref.dtype(name).is_floating_point
+        rows = min(c.shape(name)[0] for c in opened) if shape else None
+        common = rows if shape and rows != shape[0] else None
+        if common is not None and any(c.shape(name)[0] > shape[0] for c in opened):
+            warnings.append(f"'{name}': rows past the reference vocab ({shape[0]}) are dropped")
+        t = layer_position(layer_index(name), num_layers)
+        params = _tensor_params(method, config, models, base_index, per_model, name, t)
+        jobs.append(
+            Job(
+                spec=export.TensorSpec(name, od if is_float else ref.dtype(name), shape),
+                params=params,
+                merge=is_float,
+                common_rows=common,
+            )
+        )
+    return MergePlan(config, method, opened, base_index, ref_index, cd, od, jobs, warnings)
+
+
+def _file_order(ckpt: Checkpoint, name: str) -> tuple[str, int]:
+    """Read tensors in on-disk order (sequential IO); pickled checkpoints keep their order."""
+    try:
+        info = ckpt.info(name)
+    except CalmergeError:
+        return ("", ckpt.tensor_names.index(name))
+    return (str(info.file), info.start)
+
+
+# ───────────────────────────── execution ─────────────────────────────
+
+
+def tensor_seed(seed: int, name: str) -> int:
+    """Per-tensor seed: randomized methods give the same bits regardless of order or threads."""
+    return (seed * 0x9E3779B1 + zlib.crc32(name.encode())) % (2**63)
+
+
+def merge_one(
+    plan: MergePlan, job: Job, tensors: list[torch.Tensor], device: str = "cpu"
+) -> torch.Tensor:
+    """Merge one tensor: cast to the compute dtype, apply the method, cast to the output."""
+    ref = tensors[plan.ref_index]
+    if not job.merge:
+        return ref
+    out = torch.empty(job.spec.shape, dtype=job.spec.dtype)
+    rows = job.common_rows
+    views = [t[:rows] for t in tensors] if rows is not None else tensors
+    target = out[:rows] if rows is not None else out
+    compute = plan.compute_dtype or ref.dtype
+    gen = None
+    if plan.method.randomized:
+        gen = torch.Generator(device=device).manual_seed(
+            tensor_seed(plan.config.seed, job.spec.name)
+        )
+
+    def run(parts: list[torch.Tensor]) -> torch.Tensor:
+        group = Group(
+            tuple(p.to(device=device, dtype=compute) for p in parts), plan.base_index, job.spec.name
+        )
+        return plan.method(group, gen, **job.params)
+
+    row_elems = max(1, target[0].numel()) if target.dim() >= 1 and target.shape[0] else 1
+    block = max(1, _BLOCK_ELEMENTS // row_elems)
+    if plan.method.elementwise and target.dim() >= 1 and target.shape[0] > block:
+        for s in range(0, target.shape[0], block):
+            target[s : s + block].copy_(run([v[s : s + block] for v in views]))
+    else:
+        target.copy_(run(views))
+    if rows is not None:
+        out[rows:].copy_(ref[rows:])
+    return out
+
+
+def _read(ckpt: Checkpoint, name: str) -> torch.Tensor:
+    tensor = ckpt.get(name)
+    check_finite(ckpt, name, tensor)
+    return tensor
+
+
+def _progress(quiet: bool):
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=quiet,
+        transient=False,
+    )
+
+
+def execute(
+    plan: MergePlan,
+    directory: Path,
+    *,
+    max_shard_size: int,
+    device: str = "cpu",
+    quiet: bool = False,
+) -> None:
+    """Stream every job through the method into sharded safetensors in `directory`."""
+    specs = [j.spec for j in plan.jobs]
+    writer = export.ShardedWriter(directory, specs, max_shard_size)
+    reads = ThreadPoolExecutor(max(2, len(plan.inputs)), thread_name_prefix="calmerge-read")
+    writes = ThreadPoolExecutor(1, thread_name_prefix="calmerge-write")
+    pending: deque[tuple[Job, list[Future]]] = deque()
+    written: deque[Future] = deque()
+    jobs = iter(plan.jobs)
+
+    def submit_next() -> None:
+        job = next(jobs, None)
+        if job is not None:
+            pending.append((job, [reads.submit(_read, c, job.spec.name) for c in plan.inputs]))
+
+    try:
+        with _progress(quiet) as progress:
+            task = progress.add_task("merging", total=plan.out_bytes)
+            for _ in range(PREFETCH):
+                submit_next()
+            while pending:
+                job, futures = pending.popleft()
+                submit_next()
+                tensors = [f.result() for f in futures]
+                merged = merge_one(plan, job, tensors, device)
+                del tensors
+                while len(written) >= 1:
+                    written.popleft().result()
+                written.append(writes.submit(writer.write, job.spec.name, merged))
+                del merged
+                progress.advance(task, job.spec.nbytes)
+            while written:
+                written.popleft().result()
+    finally:
+        for _job, futures in pending:
+            for f in futures:
+                f.cancel()
+        reads.shutdown(wait=True, cancel_futures=True)
+        writes.shutdown(wait=True)
+        writer.close()
+
+
+# ───────────────────────────── public entry points ─────────────────────────────
+
+
+def recipe(plan: MergePlan) -> dict[str, Any]:
+    """The merge as a config dict (for the model card)."""
+    data = plan.config.model_dump(mode="json", exclude_defaults=False)
+    data["compute_dtype"] = (
+        str(plan.compute_dtype).removeprefix("torch.") if plan.compute_dtype else "input dtype"
+    )
+    data["out_dtype"] = str(plan.out_dtype).removeprefix("torch.")
+    return data
+
+
+def run_merge(
+    config: MergeConfig | str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    compute_dtype: str | torch.dtype | None = None,
+    out_dtype: str | torch.dtype | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    model_card_extra: str = "",
+    quiet: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> MergeResult:
+    """Validate, then merge `config` into the directory `out` (atomically). See docs/merging.md."""
+    start = time.perf_counter()
+    if not isinstance(config, MergeConfig):
+        config = load_merge_config(Path(config))
+    out = Path(out).expanduser()
+    shard_bytes = export.parse_size(max_shard_size)
+    device = _device(device)
+    export.check_output(out, force=force)
+    plan = plan_merge(
+        config,
+        compute_dtype=compute_dtype,
+        out_dtype=out_dtype,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    for w in plan.warnings:
+        if on_warning:
+            on_warning(w)
+    export.check_output(out, force=force, needed_bytes=plan.out_bytes)
+    tmp = export.make_temp_dir(out)
+    try:
+        execute(plan, tmp, max_shard_size=shard_bytes, device=device, quiet=quiet)
+        ref = plan.reference
+        tok = ref
+        if config.tokenizer_source:
+            tok = next(
+                (
+                    c
+                    for c, m in zip(plan.inputs, _input_refs(config), strict=True)
+                    if _same_model(m, config.tokenizer_source)
+                ),
+                None,
+            ) or open_checkpoint(config.tokenizer_source, allow_pickle=True)
+        export.write_config(tmp, ref, plan.out_dtype)
+        export.copy_tokenizer(tmp, tok, ref)
+        card = export.model_card(recipe(plan), base=config.base, extra=model_card_extra)
+        (tmp / "README.md").write_text(card)
+        export.commit_dir(tmp, out)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(
+        out, time.perf_counter() - start, plan.in_bytes, plan.out_bytes, plan.warnings
+    )
+
+
+def _input_refs(config: MergeConfig) -> list[str]:
+    refs = [m.model for m in config.models]
+    if config.base and not any(_same_model(m, config.base) for m in refs):
+        refs.append(config.base)
+    return refs
+
+
+def _device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available", "use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device}: unknown device", "use cpu, cuda or auto")
+    return device
+
+
+def pair_config(
+    base: str | Path,
+    aligned: str | Path,
+    lam: float,
+    *,
+    method: str = "linear",
+    params: dict[str, Any] | None = None,
+    compute_dtype: str | torch.dtype | None = torch.float32,
+    out_dtype: str | torch.dtype | None = None,
+) -> MergeConfig:
+    """The config for θ(λ) between two models: linear weights (1−λ, λ); others λ as weight/t."""
+    if not isinstance(lam, int | float) or lam != lam or lam in (float("inf"), float("-inf")):
+        raise ConfigError(f"λ '{lam}' is not a finite number", "use e.g. --lam 0.6")
+    lam = float(lam)
+    b, a = str(base), str(aligned)
+    extra = dict(params or {})
+    if method == "linear":
+        models = [
+            {"model": b, "parameters": {"weight": 1.0 - lam}},
+            {"model": a, "parameters": {"weight": lam}},
+        ]
+    elif method == "slerp":
+        models = [{"model": a}]
+        extra.setdefault("t", lam)
+    else:
+        models = [{"model": a, "parameters": {"weight": lam}}]
+    cd = to_dtype(compute_dtype)
+    od = to_dtype(out_dtype)
+    return MergeConfig(
+        method=method,
+        base=b,
+        models=models,
+        parameters=extra,
+        compute_dtype=str(cd).removeprefix("torch.") if cd else None,
+        out_dtype=str(od).removeprefix("torch.") if od else None,
+    )
+
+
+def merge_pair(
+    base: str | Path,
+    aligned: str | Path,
+    lam: float,
+    out: str | Path,
+    *,
+    method: str = "linear",
+    compute_dtype: str | torch.dtype | None = torch.float32,
+    out_dtype: str | torch.dtype | None = None,
+    force: bool = False,
+    model_card_extra: str = "",
+    max_shard_size: str | int = "5GB",
+    params: dict[str, Any] | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    quiet: bool = True,
+    on_warning: Callable[[str], None] | None = None,
+) -> Path:
+    """θ = θ_base + λ(θ_aligned − θ_base) (any real λ) written to `out`; returns the path."""
+    config = pair_config(
+        base,
+        aligned,
+        lam,
+        method=method,
+        params=params,
+        compute_dtype=compute_dtype,
+        out_dtype=out_dtype,
+    )
+    return run_merge(
+        config,
+        out,
+        force=force,
+        max_shard_size=max_shard_size,
+        model_card_extra=model_card_extra,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+        quiet=quiet,
+        on_warning=on_warning,
+    ).path
+
+
+# ───────────────────────────── diff ─────────────────────────────
+
+
+@dataclass(frozen=True)
+class LayerDelta:
+    """‖θ_A − θ_B‖ / ‖θ_B‖ over all tensors of one block (or embeddings / head)."""
+
+    group: str
+    params: int
+    delta_norm: float
+    base_norm: float
+
+    @property
+    def relative(self) -> float:
+        return self.delta_norm / self.base_norm if self.base_norm else float("inf")
+
+
+def _group_of(name: str) -> str:
+    layer = layer_index(name)
+    if layer is not None:
+        return f"layer {layer}"
+    return "embeddings" if "embed" in name else "head/norm"
+
+
+def layer_deltas(base: Checkpoint, aligned: Checkpoint) -> list[LayerDelta]:
+    """Per-layer relative change, streamed (vocab-extended rows compare the shared rows only)."""
+    validate_pair(base, aligned)
+    sums: dict[str, list[float]] = {}
+    for name in aligned.tensor_names:
+        if not aligned.dtype(name).is_floating_point:
+            continue
+        a = aligned.get(name).double()
+        b = base.get(name).double()
+        a = a[: b.shape[0]] if a.shape != b.shape else a
+        acc = sums.setdefault(_group_of(name), [0, 0.0, 0.0])
+        acc[0] += b.numel()
+        acc[1] += float((a - b).pow(2).sum())
+        acc[2] += float(b.pow(2).sum())
+
+    def order(g: str) -> tuple[int, int]:
+        if g == "embeddings":
+            return (0, 0)
+        if g.startswith("layer "):
+            return (1, int(g.split()[1]))
+        return (2, 0)
+
+    return [
+        LayerDelta(g, int(v[0]), v[1] ** 0.5, v[2] ** 0.5)
+        for g, v in sorted(sums.items(), key=lambda kv: order(kv[0]))
+    ]
+
+
+def plot_deltas(deltas: list[LayerDelta], png: Path, title: str = "") -> Path:
+    """Bar chart of relative ‖Δ‖ per layer, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    png = Path(png)
+    if png.is_dir():
+        raise CheckpointError(f"{png}: is a directory", "give a .png file path")
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(deltas) + 2), 3))
+    ax.bar([d.group for d in deltas], [d.relative for d in deltas], color="#4c72b0")
+    ax.set_ylabel("‖Δ‖ / ‖θ_base‖")
+    ax.set_title(title or "relative weight change per layer")
+    ax.tick_params(axis="x", rotation=90)
+    fig.tight_layout()
+    tmp = png.with_name(f".{png.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, png)
+    return png
