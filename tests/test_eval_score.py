@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tiny import make_model
 
 from calmerge.errors import DataError
 from calmerge.eval.data import Item
 from calmerge.eval.loading import load_model
 from calmerge.eval.prompts import PromptBuilder
 from calmerge.eval.score import Scorer, finalize
-from tiny import make_model
 
 QUESTIONS = [
     "What colour is the sky?",
@@ -148,7 +148,7 @@ def test_chat_format_uses_template_and_no_space(llama):
     builder = PromptBuilder(tok, prompt_format="chat")
     text = builder.context(item)
     assert text.startswith("<|user|>") and text.endswith("<|assistant|>")
-    ctx, conts = builder.encode(item)
+    _ctx, conts = builder.encode(item)
     assert tok.decode(conts[0]) == "blue"
 
 
@@ -178,7 +178,7 @@ def test_prompt_longer_than_context_is_a_data_error(llama):
     model, tok = llama
     long = Item("long", "apple banana cherry " * 200, ("a", "b"), 0)
     scorer = Scorer(tok, [*make_items(2), long])
-    with pytest.raises(DataError, match="item 'long'.*longer than the model's context of 256"):
+    with pytest.raises(DataError, match=r"item 'long'.*longer than the model's context of 256"):
         scorer.score(model)
 
 

@@ -25,11 +25,15 @@ GRID = "0:1:0.125"  # 9 points
 
 
 def sweep_argv(pair, data: Path, store: Path, out: Path) -> list[str]:
+    """A sweep command with a small bootstrap (the faults, not the statistics, are under test)."""
     base, aligned = pair
+    store.parent.mkdir(parents=True, exist_ok=True)
+    cfg = store.parent / "sweep.yml"
+    cfg.write_text(f"n_boot: 20\nsamples: 2\nstore: {store}\nout: {out}\n")
     return [
-        sys.executable, "-m", "calmerge.cli", "sweep", "--base", str(base), "--aligned",
+        sys.executable, "-m", "calmerge.cli", "sweep", str(cfg), "--base", str(base), "--aligned",
         str(aligned), "--data", str(data), "--grid", GRID, "--no-extrapolate", "--no-refine",
-        "--device", "cpu", "--store", str(store), "--out", str(out), "--quiet",
+        "--device", "cpu", "--quiet",
     ]
 
 
@@ -67,7 +71,7 @@ def integrity(store: Path) -> str:
 
 @pytest.fixture(scope="module")
 def fault_data(tmp_path_factory):
-    return write_items(tmp_path_factory.mktemp("faults") / "test.jsonl", 160)
+    return write_items(tmp_path_factory.mktemp("faults") / "test.jsonl", 48)
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +142,7 @@ def test_same_seed_same_predictions(tiny_pair, fault_data, reference, tmp_path):
     base, aligned = tiny_pair
     cfg = api.SweepConfig(
         base=str(base), aligned=str(aligned), data=str(fault_data),
-        grid=tuple(i / 8 for i in range(9)), extrapolate=(), refine=False, device="cpu",
+        grid=tuple(i / 8 for i in range(9)), extrapolate=(), refine=False, device="cpu", n_boot=20,
         store=str(store), out=str(tmp_path / "out"),
     )
     api.sweep(cfg, progress=False)

@@ -393,8 +393,7 @@ def temperature_baseline(db: Any, run_id: int, *, n_boot: int = 1000) -> dict[st
     import numpy as np
 
     from calmerge.analysis.pareto import Metric
-    from calmerge.eval.calibration import fit_temperature
-    from calmerge.eval.calibration import compute_metrics
+    from calmerge.eval.calibration import compute_metrics, fit_temperature
     from calmerge.eval.score import finalize
 
     aligned = next(

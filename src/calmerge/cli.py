@@ -194,7 +194,7 @@ def eval_cmd(
     prompt_format: Annotated[str, typer.Option("--prompt-format", help="plain or chat.")] = "plain",
     dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16.")] = "float32",
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per forward.")] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per forward.")] = 32,
     samples: Annotated[int, typer.Option("--samples", help="Samples per prompt.")] = 8,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
     temperature: Annotated[float, typer.Option("--temperature")] = 1.0,

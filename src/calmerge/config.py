@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from calmerge.errors import ConfigError, did_you_mean
 
@@ -55,7 +55,10 @@ def config_error(exc: ValidationError, model: type[BaseModel], source: str) -> C
         return ConfigError(
             f"{source}: unknown key '{loc}'", did_you_mean(key, fields) or f"allowed: {sorted(fields)}"
         )
-    return ConfigError(f"{source}: '{loc}': {err['msg']}", "fix the value and re-run")
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if not err["loc"]:
+        return ConfigError(f"{source}: {msg}", "fix the value and re-run")
+    return ConfigError(f"{source}: '{loc}': {msg}", "fix the value and re-run")
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -143,7 +146,7 @@ class EvalConfig(Frozen):
     prompt_format: Literal["plain", "chat"] = "plain"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     samples: int = Field(8, ge=2, le=256)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -220,6 +223,12 @@ class SweepConfig(Frozen):
         if not v:
             raise ValueError("at least one family is needed")
         return v
+
+    @model_validator(mode="after")
+    def _parents_in_grid(self) -> SweepConfig:
+        if not {0.0, 1.0} <= set(self.grid):
+            raise ValueError("the grid must include 0 and 1: the parents every merge is compared with")
+        return self
 
     def lambdas(self) -> tuple[float, ...]:
         """The initial grid: grid plus the extrapolation points."""

@@ -222,7 +222,7 @@ class Scorer:
         template: str | None = None,
         prompt_format: PromptFormat = "plain",
         fewshot: Sequence[Item] = (),
-        batch_size: int = 16,
+        batch_size: int = 32,
     ) -> None:
         if not items:
             raise DataError("no items to score", "the data file is empty")

@@ -268,29 +268,56 @@ class Sweep:
         return tuple(x for x in self.cfg.grid if 0.0 <= x <= 1.0)
 
     def _run_points(self, family: str, lams: Sequence[float], outcome: SweepOutcome, bar) -> None:
+        """Compute every λ not yet done; wait for points another live sweep is computing.
+
+        Waiting matters when two sweeps share a store: each ends only when the whole plan is in
+        the store, so each can write a complete report. A holder that dies is taken over.
+        """
         self.store.add_points(self.run.id, family, lams)
-        for lam in lams:
-            pid = self.store.claim(self.run.id, family, lam)
-            if pid is None:
-                outcome.skipped.append((family, round_lam(lam)))
-                bar.advance(1)
-                continue
-            bar.describe(f"{family} λ={lam:g}")
-            start = time.perf_counter()
-            try:
-                metrics, preds, gens = self.evaluate_point(family, lam)
-                self.store.finish_point(
-                    pid,
-                    metrics=metrics,
-                    predictions=preds,
-                    generations=gens,
-                    seconds=time.perf_counter() - start,
-                )
-            except BaseException:
-                self.store.release(pid)
-                raise
-            outcome.computed.append((family, round_lam(lam)))
-            bar.advance(1)
+        todo = [round_lam(x) for x in lams]
+        waited = False
+        while todo:
+            held = []
+            for lam in todo:
+                status = self.store.claim(self.run.id, family, lam)
+                if status is None:
+                    if self._is_done(family, lam):
+                        if not waited:
+                            outcome.skipped.append((family, lam))
+                        bar.advance(1)
+                    else:
+                        held.append(lam)
+                    continue
+                self._compute(status, family, lam, outcome, bar)
+            todo = held
+            if todo:
+                waited = True
+                bar.describe(f"{family}: waiting for {len(todo)} point(s) another sweep holds")
+                time.sleep(0.5)
+
+    def _is_done(self, family: str, lam: float) -> bool:
+        return any(
+            p.family == family and p.lam == lam
+            for p in self.store.points(self.run.id, status="done")
+        )
+
+    def _compute(self, pid: int, family: str, lam: float, outcome: SweepOutcome, bar) -> None:
+        bar.describe(f"{family} λ={lam:g}")
+        start = time.perf_counter()
+        try:
+            metrics, preds, gens = self.evaluate_point(family, lam)
+            self.store.finish_point(
+                pid,
+                metrics=metrics,
+                predictions=preds,
+                generations=gens,
+                seconds=time.perf_counter() - start,
+            )
+        except BaseException:
+            self.store.release(pid)
+            raise
+        outcome.computed.append((family, lam))
+        bar.advance(1)
 
     def _refinement(self, family: str, budget: int) -> list[float]:
         from calmerge.analysis.pareto import pareto_front
