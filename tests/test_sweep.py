@@ -106,24 +106,34 @@ def test_results_csv_and_json(tiny_pair, sweep_data, tmp_path):
     assert [d["lam"] for d in data] == [0.0, 1.0]
 
 
-def test_sweep_point_weights_equal_merge_engine(tiny_pair, sweep_data, tmp_path):
+@pytest.mark.parametrize(
+    "family,lams",
+    [("linear", (0.3, 1.2, -0.5)), ("slerp", (0.4,)), ("ties", (0.7,)), ("dare_ties", (0.5,)),
+     ("dare_linear", (1.1,))],
+)
+def test_sweep_point_weights_equal_merge_engine(tiny_pair, tmp_path, family, lams):
     """The in-place θ(λ) of the sweep and `calmerge merge` at the same λ are the same weights."""
     from calmerge.eval.loading import load_model
     from calmerge.io.checkpoint import open_checkpoint
     from calmerge.merge.engine import merge_pair
-    from calmerge.sweep.interpolate import LiveInterpolator
+    from calmerge.sweep.interpolate import LiveInterpolator, linear_fn, pair_fn
 
     base, aligned = tiny_pair
     model, _ = load_model(str(aligned), dtype="float32", device="cpu")
     interp = LiveInterpolator(model, open_checkpoint(base), open_checkpoint(aligned))
-    for lam in (0.3, 1.2, -0.5):
-        interp.set_lambda(lam)
-        out = merge_pair(base, aligned, lam, tmp_path / f"m{lam}")
+    for lam in lams:
+        if family == "linear":
+            interp.apply(linear_fn(lam))
+            params = None
+        else:
+            interp.apply(pair_fn(family, lam, density=0.6, seed=3))
+            params = None if family == "slerp" else {"density": 0.6, "seed": 3}
+        out = merge_pair(base, aligned, lam, tmp_path / f"{family}{lam}", method=family, params=params)
         merged = load_file(out / "model.safetensors")
         live = dict(model.named_parameters())
-        for name, tensor in merged.items():
-            if name in live:
-                assert torch.equal(live[name].detach(), tensor), name
+        assert set(live) <= set(merged)
+        for name, param in live.items():
+            assert torch.equal(param.detach(), merged[name]), name
 
 
 def test_sweep_families_and_diversity(tiny_pair, sweep_data, tmp_path):

@@ -452,6 +452,9 @@ def export(
         force=force,
         max_shard_size=max_shard_size,
         model_card_extra=card,
+        params=None
+        if point.family in ("linear", "slerp")
+        else {"density": cfg.get("density", 0.5), "seed": cfg.get("seed", 0)},
     )
     return path, point
 

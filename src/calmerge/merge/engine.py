@@ -491,7 +491,8 @@ def pair_config(
     compute_dtype: str | torch.dtype | None = torch.float32,
     out_dtype: str | torch.dtype | None = None,
 ) -> MergeConfig:
-    """The config for θ(λ) between two models: linear weights (1−λ, λ); others λ as weight/t."""
+    """The config for θ(λ) between two models: linear weights (1−λ, λ); slerp t=λ; task-vector
+    methods one delta pruned at `params['density']` and scaled by λ (`params['seed']` seeds DARE)."""
     if not isinstance(lam, int | float) or lam != lam or lam in (float("inf"), float("-inf")):
         raise ConfigError(f"λ '{lam}' is not a finite number", "use e.g. --lam 0.6")
     lam = float(lam)
@@ -506,12 +507,18 @@ def pair_config(
         models = [{"model": a}]
         extra.setdefault("t", lam)
     else:
-        models = [{"model": a, "parameters": {"weight": lam}}]
+        # one task vector Δ, weight 1, pruned to `density`, scaled by λ: θ_B + λ·prune(Δ), as the
+        # sweep computes it (a weight of λ would cancel under TIES' normalisation)
+        density = extra.pop("density", 1.0)
+        models = [{"model": a, "parameters": {"weight": 1.0, "density": density}}]
+        extra["lambda"] = lam
+    seed = int(extra.pop("seed", 0))
     cd = to_dtype(compute_dtype)
     od = to_dtype(out_dtype)
     return MergeConfig(
         method=method,
         base=b,
+        seed=seed,
         models=models,
         parameters=extra,
         compute_dtype=str(cd).removeprefix("torch.") if cd else None,
