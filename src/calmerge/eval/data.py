@@ -81,7 +81,10 @@ def _csv_row(row: dict[str, Any]) -> dict[str, Any]:
 def _answer_index(raw: Any, n_choices: int, where: str) -> int:
     """Index or letter → 0-based index, range-checked."""
     if isinstance(raw, bool):
-        raise DataError(f"{where}: 'answer' must be an index or a letter, got {raw!r}")
+        raise DataError(
+            f"{where}: 'answer' must be an index or a letter, got {raw!r}",
+            "use a 0-based index or a letter such as B",
+        )
     if isinstance(raw, str):
         text = raw.strip()
         if len(text) == 1 and text.upper() in LETTERS:
@@ -89,11 +92,17 @@ def _answer_index(raw: Any, n_choices: int, where: str) -> int:
         elif text.lstrip("-").isdigit():
             idx = int(text)
         else:
-            raise DataError(f"{where}: 'answer' {raw!r} is not an index or a letter")
+            raise DataError(
+                f"{where}: 'answer' {raw!r} is not an index or a letter",
+                "use a 0-based index or a letter such as B",
+            )
     elif isinstance(raw, int):
         idx = raw
     else:
-        raise DataError(f"{where}: 'answer' must be an index or a letter, got {raw!r}")
+        raise DataError(
+            f"{where}: 'answer' must be an index or a letter, got {raw!r}",
+            "use a 0-based index or a letter such as B",
+        )
     if not 0 <= idx < n_choices:
         raise DataError(
             f"{where}: answer {raw!r} out of range for {n_choices} choices",
@@ -108,12 +117,15 @@ def _item(row: dict[str, Any], where: str, fallback_id: str) -> Item:
             raise DataError(f"{where}: missing '{key}'", "rows need question, choices, answer")
     choices = row["choices"]
     if not isinstance(choices, list) or not all(isinstance(c, str | int | float) for c in choices):
-        raise DataError(f"{where}: 'choices' must be a list of strings")
+        raise DataError(f"{where}: 'choices' must be a list of strings", 'e.g. "choices": ["red", "blue"]')
     choices = tuple(str(c) for c in choices)
     if len(choices) < 2:
-        raise DataError(f"{where}: {len(choices)} choice(s); at least 2 are needed")
+        raise DataError(
+            f"{where}: {len(choices)} choice(s); at least 2 are needed",
+            "a multiple-choice item needs two or more choices",
+        )
     if any(not c.strip() for c in choices):
-        raise DataError(f"{where}: empty choice text")
+        raise DataError(f"{where}: empty choice text", "every choice needs some text")
     return Item(
         id=str(row.get("id", fallback_id)),
         question=str(row["question"]),

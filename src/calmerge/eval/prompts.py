@@ -51,7 +51,9 @@ def targets(item: Item, mode: Mode) -> list[str]:
     """The strings scored for each choice: the choice text or its option letter."""
     if mode == "letter":
         if len(item.choices) > len(LETTERS):
-            raise DataError(f"item '{item.id}': letter mode supports at most 26 choices")
+            raise DataError(
+                f"item '{item.id}': letter mode supports at most 26 choices", "use --mode loglik"
+            )
         return [LETTERS[i] for i in range(len(item.choices))]
     return list(item.choices)
 

@@ -18,33 +18,63 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from calmerge.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported on first tensor access: planning a merge never needs it
+    import torch
 
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-#: safetensors dtype tags → torch dtypes.
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
+#: safetensors dtype tags → (torch dtype name, bytes per element). Kept torch-free: headers,
+#: validation and the numpy merge kernels work on tags; torch dtypes are made on demand.
+TAGS: dict[str, tuple[str, int]] = {
+    "F64": ("float64", 8),
+    "F32": ("float32", 4),
+    "F16": ("float16", 2),
+    "BF16": ("bfloat16", 2),
+    "I64": ("int64", 8),
+    "I32": ("int32", 4),
+    "I16": ("int16", 2),
+    "I8": ("int8", 1),
+    "U8": ("uint8", 1),
+    "BOOL": ("bool", 1),
+    "F8_E4M3": ("float8_e4m3fn", 1),
+    "F8_E5M2": ("float8_e5m2", 1),
 }
-DTYPE_TAGS: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
+_NAME_TAGS = {name: tag for tag, (name, _) in TAGS.items()}
+
+
+def torch_dtype(tag: str) -> torch.dtype:
+    """The torch dtype of a safetensors tag (imports torch)."""
+    import torch
+
+    return getattr(torch, TAGS[tag][0] if tag in TAGS else tag)
+
+
+def dtype_tag(dtype: Any) -> str:
+    """The safetensors tag of a torch dtype or dtype name ('bfloat16' → 'BF16')."""
+    name = str(dtype).removeprefix("torch.")
+    return _NAME_TAGS.get(name, name)
+
+
+def dtype_name(tag: str) -> str:
+    """'BF16' → 'bfloat16' (the name torch and config.json use)."""
+    return TAGS[tag][0] if tag in TAGS else tag
+
+
+def __getattr__(name: str) -> Any:
+    """DTYPES (tag → torch dtype) and DTYPE_TAGS (the reverse), built on first use."""
+    if name == "DTYPES":
+        return {tag: torch_dtype(tag) for tag in TAGS}
+    if name == "DTYPE_TAGS":
+        return {torch_dtype(tag): tag for tag in TAGS}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _MAX_HEADER = 100 * 1024 * 1024
@@ -58,17 +88,21 @@ def layer_index(name: str) -> int | None:
 
 @dataclass(frozen=True)
 class TensorInfo:
-    """Where one tensor lives: file, byte range (absolute), dtype and shape."""
+    """Where one tensor lives: file, byte range (absolute), dtype tag and shape."""
 
     file: Path
     start: int
     end: int
-    dtype: torch.dtype
+    tag: str
     shape: tuple[int, ...]
 
     @property
     def nbytes(self) -> int:
         return self.end - self.start
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.tag)
 
 
 def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bytes]:
@@ -97,17 +131,18 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bytes]:
     for name, meta in header.items():
         try:
             begin, end = (int(x) for x in meta["data_offsets"])
-            dtype = DTYPES[meta["dtype"]]
+            tag = meta["dtype"]
+            itemsize = TAGS[tag][1]
             shape = tuple(int(d) for d in meta["shape"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: bad header entry for tensor '{name}'", hint) from None
         numel = 1
         for d in shape:
             numel *= d
-        if end - begin != numel * dtype.itemsize or begin < 0:
+        if end - begin != numel * itemsize or begin < 0:
             raise CheckpointError(f"{path}: tensor '{name}' has inconsistent offsets", hint)
         data_end = max(data_end, end)
-        tensors[name] = TensorInfo(path, base + begin, base + end, dtype, shape)
+        tensors[name] = TensorInfo(path, base + begin, base + end, tag, shape)
     if base + data_end != size:
         raise CheckpointError(
             f"{path}: expected {base + data_end} bytes from its header, found {size}", hint
@@ -115,19 +150,25 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bytes]:
     return tensors, raw
 
 
+def pread_into(fd: int, offset: int, view: memoryview, file: Path) -> None:
+    """Fill `view` from `offset` of an open file with preadv (GIL released while it copies)."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n == 0:
+            raise CheckpointError(f"{file}: unexpected end of file", "re-save it")
+        got += n
+
+
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Read one tensor's bytes with preadv (GIL released) into a new CPU tensor."""
+    import torch
+
     buf = torch.empty(info.nbytes, dtype=torch.uint8)
     if info.nbytes:
         fd = os.open(info.file, os.O_RDONLY)
         try:
-            view = memoryview(buf.numpy())
-            got = 0
-            while got < info.nbytes:
-                n = os.preadv(fd, [view[got:]], info.start + got)
-                if n == 0:
-                    raise CheckpointError(f"{info.file}: unexpected end of file", "re-save it")
-                got += n
+            pread_into(fd, info.start, memoryview(buf.numpy()), info.file)
         finally:
             os.close(fd)
     return buf.view(info.dtype).reshape(info.shape)
@@ -220,6 +261,16 @@ class Checkpoint:
             return self._pickled[name].dtype
         return self.info(name).dtype
 
+    def tag(self, name: str) -> str:
+        """The tensor's safetensors dtype tag ('BF16'); no torch needed for safetensors."""
+        if self._pickled is not None:
+            return dtype_tag(self._pickled[name].dtype)
+        return self.info(name).tag
+
+    @property
+    def is_safetensors(self) -> bool:
+        return self._pickled is None
+
     def numel(self, name: str) -> int:
         n = 1
         for d in self.shape(name):
@@ -227,26 +278,38 @@ class Checkpoint:
         return n
 
     def nbytes(self, name: str) -> int:
-        return self.numel(name) * self.dtype(name).itemsize
+        if self._pickled is not None:
+            return self.numel(name) * self.dtype(name).itemsize
+        return self.info(name).nbytes
 
     @cached_property
-    def dtypes(self) -> dict[torch.dtype, int]:
-        """Parameter count per dtype (more than one floating dtype = a mixed checkpoint)."""
-        counts: dict[torch.dtype, int] = {}
+    def tag_counts(self) -> dict[str, int]:
+        """Parameter count per dtype tag (more than one floating tag = a mixed checkpoint)."""
+        counts: dict[str, int] = {}
         for name in self.tensor_names:
-            counts[self.dtype(name)] = counts.get(self.dtype(name), 0) + self.numel(name)
+            tag = self.tag(name)
+            counts[tag] = counts.get(tag, 0) + self.numel(name)
         return counts
 
     @property
+    def dtypes(self) -> dict[torch.dtype, int]:
+        """Parameter count per torch dtype."""
+        return {torch_dtype(tag): n for tag, n in self.tag_counts.items()}
+
+    @property
+    def main_tag(self) -> str:
+        """The floating dtype tag holding most parameters (what the model 'is')."""
+        floats = {t: n for t, n in self.tag_counts.items() if t in FLOAT_TAGS}
+        pool = floats or self.tag_counts
+        return max(pool, key=lambda t: pool[t])
+
+    @property
     def main_dtype(self) -> torch.dtype:
-        """The floating dtype holding most parameters (what the model 'is')."""
-        floats = {d: n for d, n in self.dtypes.items() if d.is_floating_point}
-        pool = floats or self.dtypes
-        return max(pool, key=lambda d: pool[d])
+        return torch_dtype(self.main_tag)
 
     @property
     def num_params(self) -> int:
-        return sum(self.dtypes.values())
+        return sum(self.tag_counts.values())
 
     @property
     def num_layers(self) -> int:
@@ -345,6 +408,8 @@ def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
         if index.is_file()
         else [path / BIN_SINGLE]
     )
+    import torch
+
     state: dict[str, torch.Tensor] = {}
     for f in files:
         if not f.is_file():
@@ -428,7 +493,7 @@ def _first(items: Iterable[str]) -> str:
 
 
 def _mixed_dtype_warning(ckpt: Checkpoint) -> str | None:
-    floats = sorted(str(d).removeprefix("torch.") for d in ckpt.dtypes if d.is_floating_point)
+    floats = sorted(dtype_name(t) for t in ckpt.tag_counts if t in FLOAT_TAGS)
     if len(floats) > 1:
         return f"{ckpt.path}: mixed floating dtypes {floats}; merging computes in one dtype"
     return None
@@ -488,9 +553,10 @@ def validate_pair(base: Checkpoint, aligned: Checkpoint) -> PairReport:
             f" {len(report.vocab_tensors)} tensors): rows past the base vocab are taken from the"
             " aligned model unchanged"
         )
-    if base.main_dtype != aligned.main_dtype:
+    if base.main_tag != aligned.main_tag:
+        b, a = dtype_name(base.main_tag), dtype_name(aligned.main_tag)
         report.warnings.append(
-            f"dtypes differ: base {base.main_dtype} vs aligned {aligned.main_dtype}; computing in"
+            f"dtypes differ: base torch.{b} vs aligned torch.{a}; computing in"
             " the compute dtype and writing the aligned dtype unless told otherwise"
         )
     for ckpt in (base, aligned):
@@ -502,7 +568,7 @@ def validate_pair(base: Checkpoint, aligned: Checkpoint) -> PairReport:
 
 def check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
     """Raise naming the tensor when it holds NaN or Inf (checked while streaming)."""
-    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+    if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
         raise CheckpointError(
             f"{ckpt.path}: tensor '{name}' contains NaN or Inf",
             "the checkpoint is damaged; nothing was written",

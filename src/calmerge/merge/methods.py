@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch is imported where tensors are touched: the registry stays light
+    import torch
 
 from calmerge.errors import ConfigError, did_you_mean
 
@@ -104,10 +105,12 @@ def get_method(name: str) -> MergeMethod:
 
 def _work_dtype(t: torch.Tensor) -> torch.dtype:
     """mergekit's rule: float64 stays float64, everything else accumulates in float32."""
+    import torch
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _linear(tensors: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool):
+    import torch
     first = tensors[0]
     dtype = _work_dtype(first)
     w = torch.tensor([float(x) for x in weights], dtype=dtype)
@@ -168,6 +171,7 @@ def slerp_tensors(
     interpolation; norms below eps are treated as 1. Norms and the dot product are summed chunk
     by chunk exactly like mergekit so results agree bitwise.
     """
+    import torch
     dtype = _work_dtype(v0)
     a = v0.reshape(1, -1)
     b = v1.reshape(1, -1)
@@ -246,6 +250,7 @@ def _rescaled(tensor: torch.Tensor, mask: torch.Tensor, rescale: bool, eps: floa
 
 def magnitude_prune(delta: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
     """Keep the `density` fraction of largest-|Δ| entries (TIES trim), at least one."""
+    import torch
     if density >= 1:
         return delta
     if density <= 0 or delta.numel() == 0:
@@ -261,6 +266,7 @@ def random_prune(
     delta: torch.Tensor, density: float, rescale: bool, generator: torch.Generator | None
 ) -> torch.Tensor:
     """DARE: keep each entry with probability `density` (seeded generator)."""
+    import torch
     if density >= 1:
         return delta
     work = torch.bfloat16 if delta.dtype == torch.bfloat16 else torch.float32
@@ -288,6 +294,7 @@ def task_vector_merge(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """mergekit's generalized task arithmetic: base + λ·(Σ w_i·prune(Δ_i)) [/ Σ w_i]."""
+    import torch
     base = group.base
     idx = group.others
     if not idx:

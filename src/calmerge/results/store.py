@@ -250,7 +250,9 @@ class ResultStore:
                 (run_id, family, round_lam(lam)),
             ).fetchone()
             if row is None:
-                raise StoreError(f"point {family} λ={lam} is not part of run {run_id}")
+                raise StoreError(
+                    f"point {family} λ={lam} is not part of run {run_id}", "add it with add_points first"
+                )
             pid, status, holder, beat = row
             if status == "done":
                 return None
