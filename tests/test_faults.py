@@ -148,3 +148,33 @@ def test_same_seed_same_predictions(tiny_pair, fault_data, reference, tmp_path):
     api.sweep(cfg, progress=False)
     assert metrics_of(store)["predictions"] == metrics_of(ref_store)["predictions"]
     assert json.dumps(metrics_of(store)["metrics"]) == json.dumps(metrics_of(ref_store)["metrics"])
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 600 KB filesystem (tmpfs); skipped where this process may not mount one."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(mnt)],
+                          capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_sweep_keeps_finished_points(tiny_pair, fault_data, small_disk, tmp_path):
+    """The store fills the disk mid-sweep: one clear line, exit 2, finished points intact."""
+    store = small_disk / "runs.db"
+    argv = sweep_argv(tiny_pair, fault_data, store, tmp_path / "out")
+    argv[argv.index("--grid") + 1] = "0:1:0.0625"  # 17 points: more than 600 KB of predictions
+    proc = subprocess.run(argv, env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and "runs.db" in lines[0] and "full" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert integrity(store) == "ok"
+    states = point_state(store)
+    done = [lam for lam, (status, _) in states.items() if status == "done"]
+    assert 0 < len(done) < 17
+    assert all(status in ("done", "pending") for status, _ in states.values())

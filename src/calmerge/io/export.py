@@ -17,13 +17,22 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from calmerge.errors import ConfigError, OutputError
-from calmerge.io.checkpoint import DTYPE_TAGS, SAFE_INDEX, SAFE_SINGLE, Checkpoint
+from calmerge.io.checkpoint import (
+    SAFE_INDEX,
+    SAFE_SINGLE,
+    TAGS,
+    Checkpoint,
+    dtype_tag,
+    torch_dtype,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -62,8 +71,10 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+def dtype_name(dtype: torch.dtype | str) -> str:
+    """torch.bfloat16, 'bfloat16' or the tag 'BF16' → 'bfloat16'."""
+    text = str(dtype).removeprefix("torch.")
+    return TAGS[text][0] if text in TAGS else text
 
 
 # ───────────────────────────── streaming sharded safetensors ─────────────────────────────
@@ -71,16 +82,26 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclass(frozen=True)
 class TensorSpec:
+    """One output tensor: name, safetensors dtype tag ('BF16') and shape."""
+
     name: str
-    dtype: torch.dtype
+    tag: str
     shape: tuple[int, ...]
 
     @property
-    def nbytes(self) -> int:
-        n = self.dtype.itemsize
+    def dtype(self) -> torch.dtype:
+        return torch_dtype(self.tag)
+
+    @property
+    def numel(self) -> int:
+        n = 1
         for d in self.shape:
             n *= d
         return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * TAGS[self.tag][1]
 
 
 def assign_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
@@ -103,7 +124,7 @@ def _header(shard: Sequence[TensorSpec]) -> tuple[bytes, dict[str, int]]:
     pos = 0
     for spec in shard:
         meta[spec.name] = {
-            "dtype": DTYPE_TAGS[spec.dtype],
+            "dtype": spec.tag,
             "shape": list(spec.shape),
             "data_offsets": [pos, pos + spec.nbytes],
         }
@@ -143,13 +164,21 @@ class ShardedWriter:
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         spec = self.specs[name]
-        if tensor.dtype != spec.dtype or tuple(tensor.shape) != spec.shape:
+        if dtype_tag(tensor.dtype) != spec.tag or tuple(tensor.shape) != spec.shape:
             raise RuntimeError(f"{name}: got {tensor.dtype}{tuple(tensor.shape)}, planned {spec}")
+        import torch
+
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        self.write_at(name, 0, memoryview(flat.view(torch.uint8).numpy()))
+
+    def write_at(self, name: str, start: int, data: memoryview) -> None:
+        """Write raw bytes at byte `start` of tensor `name` (os.pwrite: GIL released)."""
         fd, offset = self._where[name]
-        data = memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        if start + len(data) > self.specs[name].nbytes:
+            raise RuntimeError(f"{name}: write past its planned {self.specs[name].nbytes} bytes")
         done = 0
         while done < len(data):
-            done += os.pwrite(fd, data[done:], offset + done)
+            done += os.pwrite(fd, data[done:], offset + start + done)
 
     def close(self) -> None:
         for fd in self._fds:

@@ -170,14 +170,28 @@ class ResultStore:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One immediate transaction: all or nothing, serialised against other writers."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        """One immediate transaction: all or nothing, serialised against other writers.
+
+        A full disk or an I/O error becomes a StoreError: the transaction is rolled back, so
+        every point finished before it stays in the store and a re-run resumes from there.
+        """
         try:
-            yield self._conn
-        except BaseException:
-            self._conn.execute("ROLLBACK")
-            raise
-        self._conn.execute("COMMIT")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            cause = "free disk space" if "full" in str(exc) else "check the disk and other users"
+            raise StoreError(
+                f"{self.path}: could not write the results store ({exc})",
+                f"{cause}, then re-run: finished points are kept and the sweep resumes",
+            ) from None
 
     # ── runs ──
     def get_or_create_run(

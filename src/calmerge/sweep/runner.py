@@ -8,6 +8,7 @@ unfinished point and a second sweep on the same store skips what the first one h
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from calmerge.config import SweepConfig
-from calmerge.errors import ConfigError
+from calmerge.errors import ConfigError, StoreError
 from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
 
 SPLITS_ORDER = ("dev", "test")
@@ -314,7 +315,8 @@ class Sweep:
                 seconds=time.perf_counter() - start,
             )
         except BaseException:
-            self.store.release(pid)
+            with contextlib.suppress(StoreError):  # a full disk may refuse the release too
+                self.store.release(pid)
             raise
         outcome.computed.append((family, lam))
         bar.advance(1)
