@@ -22,7 +22,6 @@ import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +34,6 @@ from calmerge.io.checkpoint import (
     Checkpoint,
     check_finite,
     dtype_name,
-    dtype_tag,
     layer_index,
     open_checkpoint,
     pread_into,
@@ -344,7 +342,25 @@ def _read(ckpt: Checkpoint, name: str) -> torch.Tensor:
     return tensor
 
 
+class _NoProgress:
+    """Stands in for rich's Progress under --quiet (so rich is not even imported)."""
+
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_task(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
+    def advance(self, task: int, amount: float) -> None:
+        return None
+
+
 def _progress(quiet: bool):
+    if quiet:
+        return _NoProgress()
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -370,6 +386,229 @@ def _progress(quiet: bool):
     )
 
 
+def _run_torch(
+    plan: MergePlan,
+    jobs: list[Job],
+    writer: export.ShardedWriter,
+    device: str,
+    advance: Callable[[int], None],
+) -> None:
+    """The general path: whole tensors through the torch method, reads prefetched in threads."""
+    reads = ThreadPoolExecutor(max(2, len(plan.inputs)), thread_name_prefix="calmerge-read")
+    writes = ThreadPoolExecutor(1, thread_name_prefix="calmerge-write")
+    pending: deque[tuple[Job, list[Future]]] = deque()
+    written: deque[Future] = deque()
+    todo = iter(jobs)
+
+    def submit_next() -> None:
+        job = next(todo, None)
+        if job is not None:
+            pending.append((job, [reads.submit(_read, c, job.spec.name) for c in plan.inputs]))
+
+    try:
+        for _ in range(PREFETCH):
+            submit_next()
+        while pending:
+            job, futures = pending.popleft()
+            submit_next()
+            tensors = [f.result() for f in futures]
+            merged = merge_one(plan, job, tensors, device)
+            del tensors
+            while len(written) >= 1:
+                written.popleft().result()
+            written.append(writes.submit(writer.write, job.spec.name, merged))
+            del merged
+            advance(job.spec.nbytes)
+        while written:
+            written.popleft().result()
+    finally:
+        for _job, futures in pending:
+            for f in futures:
+                f.cancel()
+        reads.shutdown(wait=True, cancel_futures=True)
+        writes.shutdown(wait=True)
+
+
+# ───────────────────────────── numpy kernel path (linear, soup) ─────────────────────────────
+
+
+def _kernel_inputs(plan: MergePlan, job: Job) -> tuple[list[int], list[float], bool]:
+    """Which inputs enter the weighted average, their weights, and whether to normalise."""
+    weight = job.params["weight"]
+    if plan.method.name == "soup":
+        used = [i for i in range(len(plan.inputs)) if i != plan.base_index]
+        return used, [weight[i] for i in used], True
+    used = list(range(len(plan.inputs)))
+    return used, [weight[i] for i in used], bool(job.params["normalize"])
+
+
+def kernel_ok(plan: MergePlan, device: str = "cpu") -> bool:
+    """Whether the numpy kernels can run this merge; everything else takes the torch path."""
+    from calmerge.merge.kernels import KERNEL_TAGS
+
+    if device != "cpu" or plan.method.name not in _KERNEL_METHODS:
+        return False
+    if plan.compute_tag not in (None, "F32") or plan.out_tag not in KERNEL_TAGS:
+        return False
+    if not all(c.is_safetensors for c in plan.inputs):
+        return False
+    for job in plan.jobs:
+        if not job.merge:
+            continue
+        used, weights, _ = _kernel_inputs(plan, job)
+        if len(used) > _KERNEL_MAX_INPUTS:
+            return False
+        if any(c.tag(job.spec.name) not in KERNEL_TAGS for c in plan.inputs):
+            return False
+        if not all(
+            isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w)
+            for w in weights
+        ):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A slice [start, stop) (elements) of one output tensor: merged, copied rows, or raw bytes."""
+
+    job: Job
+    kind: str  # "merge" | "tail" (rows past the shared vocab, from the reference) | "copy"
+    start: int
+    stop: int
+
+
+def _blocks(plan: MergePlan, size: int) -> Iterator[_Block]:
+    for job in plan.jobs:
+        numel = job.spec.numel
+        if not job.merge:
+            kinds = [("copy", 0, numel)]
+        else:
+            shared = numel
+            if job.common_rows is not None:
+                shared = job.common_rows * (numel // job.spec.shape[0])
+            kinds = [("merge", 0, shared), ("tail", shared, numel)]
+        for kind, lo, hi in kinds:
+            for s in range(lo, hi, size):
+                yield _Block(job, kind, s, min(hi, s + size))
+
+
+def _nonfinite(ckpt: Checkpoint, name: str) -> CheckpointError:
+    return CheckpointError(
+        f"{ckpt.path}: tensor '{name}' contains NaN or Inf",
+        "the checkpoint is damaged; nothing was written",
+    )
+
+
+class _KernelWorker:
+    """One thread's kernel and buffers; merges blocks until the queue is empty."""
+
+    def __init__(self, plan: MergePlan, writer: export.ShardedWriter, fds: dict[Path, int]):
+        import numpy as np
+
+        from calmerge.merge.kernels import LinearKernel
+
+        self.plan, self.writer, self.fds = plan, writer, fds
+        self.kernel = LinearKernel(_KERNEL_BLOCK)
+        self.bufs = [np.empty(_KERNEL_BLOCK * 4, np.uint8) for _ in plan.inputs]
+        self.out = np.empty(_KERNEL_BLOCK * 4, np.uint8)
+
+    def _read(self, i: int, name: str, start: int, stop: int):
+        info = self.plan.inputs[i].info(name)
+        size = info.nbytes // max(1, self.plan.inputs[i].numel(name))
+        raw = self.bufs[i][: (stop - start) * size]
+        pread_into(self.fds[info.file], info.start + start * size, memoryview(raw), info.file)
+        return raw
+
+    def run(self, block: _Block) -> tuple[int, bool]:
+        """Merge and write one block; returns (bytes written, whether torch must redo it)."""
+        plan, job = self.plan, block.job
+        name, spec = job.spec.name, job.spec
+        out_size = spec.nbytes // max(1, spec.numel)
+        out = self.out[: (block.stop - block.start) * out_size]
+        ref = plan.ref_index
+        if block.kind == "copy":
+            out = self._read(ref, name, block.start, block.stop)
+        elif block.kind == "tail":
+            raw = self._read(ref, name, block.start, block.stop)
+            if not self.kernel.convert(raw, plan.inputs[ref].tag(name), out, spec.tag):
+                raise _nonfinite(plan.inputs[ref], name)
+        else:
+            used, weights, normalize = _kernel_inputs(plan, job)
+            raws = [self._read(i, name, block.start, block.stop) for i in used]
+            tags = [plan.inputs[i].tag(name) for i in used]
+            compute = plan.compute_tag or plan.inputs[ref].tag(name)
+            status = self.kernel.run(raws, tags, weights, normalize, compute, out, spec.tag)
+            if status != "ok":  # NaN/Inf in an input (named, as the torch path does) or overflow
+                for i, raw, tag in zip(used, raws, tags, strict=True):
+                    if not self.kernel.finite(raw, tag):
+                        raise _nonfinite(plan.inputs[i], name)
+                if status == "nan":
+                    return len(out), True
+        self.writer.write_at(name, block.start * out_size, memoryview(out))
+        return len(out), False
+
+
+def _run_kernels(
+    plan: MergePlan, writer: export.ShardedWriter, advance: Callable[[int], None]
+) -> list[Job]:
+    """Merge every tensor with the numpy kernels in a few threads; return jobs torch must redo.
+
+    Each thread takes the next block (a few hundred thousand elements), preads its slice of
+    every input, merges it and pwrites the result at its final offset: reads, arithmetic and
+    writes of different blocks overlap, and memory is a few blocks per thread. Inputs that do
+    not enter the average (a soup's base) are not read.
+    """
+    fds: dict[Path, int] = {}
+    blocks = _blocks(plan, _KERNEL_BLOCK)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+    redo: set[str] = set()
+
+    def work() -> None:
+        try:
+            worker = _KernelWorker(plan, writer, fds)
+            while True:
+                with lock:
+                    block = None if errors else next(blocks, None)
+                if block is None:
+                    return
+                nbytes, again = worker.run(block)
+                if again:
+                    with lock:
+                        redo.add(block.job.spec.name)
+                advance(nbytes)
+        except BaseException as exc:  # handed to the caller's thread below
+            with lock:
+                errors.append(exc)
+
+    try:
+        for ckpt in plan.inputs:
+            for f in ckpt.shard_files:
+                fds.setdefault(f, os.open(f, os.O_RDONLY))
+        n_threads = max(2, min(4, (os.cpu_count() or 2) + 1))
+        threads = [
+            threading.Thread(target=work, name=f"calmerge-merge-{k}", daemon=True)
+            for k in range(n_threads)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException as exc:  # Ctrl-C: stop handing out blocks, let threads finish
+            with lock:
+                errors.append(exc)
+            for t in threads:
+                t.join()
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if errors:
+        raise errors[0]
+    return [job for job in plan.jobs if job.spec.name in redo]
+
+
 def execute(
     plan: MergePlan,
     directory: Path,
@@ -377,45 +616,28 @@ def execute(
     max_shard_size: int,
     device: str = "cpu",
     quiet: bool = False,
+    kernels: bool = True,
 ) -> None:
-    """Stream every job through the method into sharded safetensors in `directory`."""
+    """Stream every job through the method into sharded safetensors in `directory`.
+
+    `kernels=False` forces the torch path even where the numpy kernels apply (for tests).
+    """
     specs = [j.spec for j in plan.jobs]
     writer = export.ShardedWriter(directory, specs, max_shard_size)
-    reads = ThreadPoolExecutor(max(2, len(plan.inputs)), thread_name_prefix="calmerge-read")
-    writes = ThreadPoolExecutor(1, thread_name_prefix="calmerge-write")
-    pending: deque[tuple[Job, list[Future]]] = deque()
-    written: deque[Future] = deque()
-    jobs = iter(plan.jobs)
-
-    def submit_next() -> None:
-        job = next(jobs, None)
-        if job is not None:
-            pending.append((job, [reads.submit(_read, c, job.spec.name) for c in plan.inputs]))
-
     try:
         with _progress(quiet) as progress:
             task = progress.add_task("merging", total=plan.out_bytes)
-            for _ in range(PREFETCH):
-                submit_next()
-            while pending:
-                job, futures = pending.popleft()
-                submit_next()
-                tensors = [f.result() for f in futures]
-                merged = merge_one(plan, job, tensors, device)
-                del tensors
-                while len(written) >= 1:
-                    written.popleft().result()
-                written.append(writes.submit(writer.write, job.spec.name, merged))
-                del merged
-                progress.advance(task, job.spec.nbytes)
-            while written:
-                written.popleft().result()
+
+            def advance(nbytes: int) -> None:
+                progress.advance(task, nbytes)
+
+            if kernels and kernel_ok(plan, device):
+                redo = _run_kernels(plan, writer, advance)
+                if redo:
+                    _run_torch(plan, redo, writer, device, lambda nbytes: None)
+            else:
+                _run_torch(plan, plan.jobs, writer, device, advance)
     finally:
-        for _job, futures in pending:
-            for f in futures:
-                f.cancel()
-        reads.shutdown(wait=True, cancel_futures=True)
-        writes.shutdown(wait=True)
         writer.close()
 
 
@@ -426,9 +648,9 @@ def recipe(plan: MergePlan) -> dict[str, Any]:
     """The merge as a config dict (for the model card)."""
     data = plan.config.model_dump(mode="json", exclude_defaults=False)
     data["compute_dtype"] = (
-        str(plan.compute_dtype).removeprefix("torch.") if plan.compute_dtype else "input dtype"
+        dtype_name(plan.compute_tag) if plan.compute_tag else "input dtype"
     )
-    data["out_dtype"] = str(plan.out_dtype).removeprefix("torch.")
+    data["out_dtype"] = dtype_name(plan.out_tag)
     return data
 
 
@@ -480,7 +702,7 @@ def run_merge(
                 ),
                 None,
             ) or open_checkpoint(config.tokenizer_source, allow_pickle=True)
-        export.write_config(tmp, ref, plan.out_dtype)
+        export.write_config(tmp, ref, dtype_name(plan.out_tag))
         export.copy_tokenizer(tmp, tok, ref)
         card = export.model_card(recipe(plan), base=config.base, extra=model_card_extra)
         (tmp / "README.md").write_text(card)
@@ -503,6 +725,10 @@ def _input_refs(config: MergeConfig) -> list[str]:
 
 
 def _device(device: str) -> str:
+    if device == "cpu":
+        return device
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -519,7 +745,7 @@ def pair_config(
     *,
     method: str = "linear",
     params: dict[str, Any] | None = None,
-    compute_dtype: str | torch.dtype | None = torch.float32,
+    compute_dtype: str | torch.dtype | None = "float32",
     out_dtype: str | torch.dtype | None = None,
 ) -> MergeConfig:
     """The config for θ(λ) between two models: linear weights (1−λ, λ); slerp t=λ; task-vector
@@ -544,16 +770,16 @@ def pair_config(
         models = [{"model": a, "parameters": {"weight": 1.0, "density": density}}]
         extra["lambda"] = lam
     seed = int(extra.pop("seed", 0))
-    cd = to_dtype(compute_dtype)
-    od = to_dtype(out_dtype)
+    cd = to_tag(compute_dtype)
+    od = to_tag(out_dtype)
     return MergeConfig(
         method=method,
         base=b,
         seed=seed,
         models=models,
         parameters=extra,
-        compute_dtype=str(cd).removeprefix("torch.") if cd else None,
-        out_dtype=str(od).removeprefix("torch.") if od else None,
+        compute_dtype=dtype_name(cd) if cd else None,
+        out_dtype=dtype_name(od) if od else None,
     )
 
 
@@ -564,7 +790,7 @@ def merge_pair(
     out: str | Path,
     *,
     method: str = "linear",
-    compute_dtype: str | torch.dtype | None = torch.float32,
+    compute_dtype: str | torch.dtype | None = "float32",
     out_dtype: str | torch.dtype | None = None,
     force: bool = False,
     model_card_extra: str = "",

@@ -138,7 +138,16 @@ class LinearKernel:
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported, not warned
             return self._run(inputs, tags, weights, normalize, compute_tag, out, out_tag)
 
-    def _run(self, inputs, tags, weights, normalize, compute_tag, out, out_tag) -> str:  # noqa: ANN001
+    def _run(
+        self,
+        inputs: Sequence[np.ndarray],
+        tags: Sequence[str],
+        weights: Sequence[float],
+        normalize: bool,
+        compute_tag: str | None,
+        out: np.ndarray,
+        out_tag: str,
+    ) -> str:
         n = len(inputs[0]) // KERNEL_TAGS[tags[0]]
         acc, x, u32 = self.acc[:n], self.x[:n], self.u32[:n]
         acc.fill(0)
