@@ -172,3 +172,35 @@ def test_export_picked_point(tiny_pair, sweep_data, tmp_path):
     assert model is not None
     card = (out / "README.md").read_text()
     assert "0.5" in card and "acc" in card
+
+
+def test_report_escapes_dataset_and_model_text(tiny_pair, tmp_path):
+    """`<script>` in a question and in a model's generation comes out inert in HTML and Markdown."""
+    evil = "<script>alert('x')</script>"
+    rows = [
+        {"id": f"e{i}", "question": f"{evil} question {i}?", "choices": [f"a{i}", f"b{i} {evil}"],
+         "answer": i % 2}
+        for i in range(12)
+    ]
+    data = tmp_path / "evil.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "p0", "prompt": f"Say {evil}"}) + "\n")
+    base, aligned = tiny_pair
+    cfg = SweepConfig(
+        base=str(base), aligned=str(aligned), data=str(data), prompts=str(prompts), grid=(0.0, 0.5, 1.0),
+        extrapolate=(), refine=False, samples=2, max_new_tokens=4, embed_diversity=False, n_boot=20,
+        store=str(tmp_path / "runs.db"), out=str(tmp_path / "report"), device="cpu", pick="lambda=0.5",
+    )
+    res = api.sweep(cfg, progress=False)
+    db = ResultStore(cfg.store)
+    pid = db.points(res.run_id, status="done")[0].id
+    with db._tx() as c:  # a model that writes markup
+        c.execute("UPDATE generations SET text = ? WHERE point_id = ?", (f"model says {evil}", pid))
+    paths, _ = api.report(cfg.store, None, tmp_path / "report")
+    html_text = paths.html.read_text()
+    md_text = paths.markdown.read_text()
+    assert "<script" not in html_text.lower() and "<script" not in md_text.lower()
+    assert "&lt;script&gt;alert(" in html_text  # the text is shown, escaped
+    assert "model says &lt;script&gt;" in html_text
+    assert "Sample generations" in html_text

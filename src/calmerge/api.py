@@ -381,8 +381,58 @@ def report(
         "scoring": f"{cfg.get('mode')} · {cfg.get('prompt_format')} prompts · {cfg.get('dtype')}",
         "store": str(Path(store)),
     }
-    paths = write_report(points, v, Path(out), title=rec.name, meta=meta, temperature_scaled=ts)
+    examples = example_tables(db, rec.id, v)
+    paths = write_report(
+        points, v, Path(out), title=rec.name, meta=meta, temperature_scaled=ts, examples=examples
+    )
     return paths, v
+
+
+def example_tables(db: Any, run_id: int, verdict: Any, *, limit: int = 6) -> list[Any]:
+    """Text the report quotes: sample generations of base/aligned/pick, and test questions the
+    pick answers differently from the aligned model (what merging changed, item by item)."""
+    from calmerge.analysis.pareto import point_label
+    from calmerge.report.content import Row, Table
+
+    ids = {(p.family, p.lam): p.id for p in db.points(run_id, status="done")}
+    roles = [("base", verdict.base), ("aligned", verdict.aligned), ("pick", verdict.pick)]
+    cols = [f"{role} ({point_label(p)})" for role, p in roles]
+    tables = []
+    prompts = db.prompts(run_id)
+    if prompts:
+        gens = [db.generations(ids[(p.family, p.lam)]) for _, p in roles]
+        rows = [
+            Row([text, *("\n".join(g.get(pid, [])[:2]) for g in gens)])
+            for pid, text in list(prompts.items())[:limit]
+        ]
+        tables.append(Table("gen", "Sample generations (first two samples)", ["prompt", *cols], rows))
+    split = verdict.report_split
+    items = db.items(run_id, split)
+    aligned_preds = db.predictions(ids[(verdict.aligned.family, verdict.aligned.lam)], split)
+    pick_preds = db.predictions(ids[(verdict.pick.family, verdict.pick.lam)], split)
+    rows = []
+    for item, a, p in zip(items, aligned_preds, pick_preds, strict=False):
+        if a.pred != p.pred and len(rows) < limit:
+            choice = item["choices"]
+            mark = {True: "✓", False: "✗"}
+            rows.append(
+                Row([
+                    item["question"],
+                    choice[item["answer"]],
+                    f"{choice[a.pred]} {mark[a.pred == item['answer']]} ({a.confidence:.2f})",
+                    f"{choice[p.pred]} {mark[p.pred == item['answer']]} ({p.confidence:.2f})",
+                ])
+            )
+    if items and aligned_preds and pick_preds:
+        tables.append(
+            Table(
+                split,
+                f"Questions ({split}) the pick answers differently from the aligned model",
+                ["question", "answer", cols[1], cols[2]],
+                rows,
+            )
+        )
+    return tables
 
 
 def temperature_baseline(db: Any, run_id: int, *, n_boot: int = 1000) -> dict[str, Any] | None:

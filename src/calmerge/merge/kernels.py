@@ -29,6 +29,8 @@ import numpy as np
 
 #: dtypes the kernels read and write (safetensors tags) → bytes per element.
 KERNEL_TAGS = {"F32": 4, "BF16": 2, "F16": 2}
+_SIGNIFICAND = {"F32": 24, "BF16": 8, "F16": 11}  # bits, implicit one included
+_SMALLEST_NORMAL_BITS = 0x00800000  # fp32 2^-126
 
 _MID_MASK = np.uint64((1 << 29) - 1)  # f64 mantissa bits below fp32 precision
 _MID = np.uint64(1 << 28)  # ... that make an exact fp32 rounding midpoint
@@ -78,6 +80,22 @@ def round_through(values: np.ndarray, tag: str, scratch: np.ndarray) -> None:
         np.copyto(values, values.astype(np.float16))
 
 
+def significant_bits(weight: np.float32) -> int:
+    """Bits in the significand of a normal fp32 number, trailing zeros dropped (0 for zero).
+
+    When these plus the input's significand bits fit in 24, x·w is exact in fp32 (barring
+    underflow), so fma(x, w, r) equals the plain fp32 x·w + r: two cheap passes instead of the
+    float64 emulation. λ = 0.5, 0.25, 0.75, … hit this for bf16 and fp16 models.
+    """
+    bits = int(np.array(weight, np.float32).view(np.uint32))
+    if bits & 0x7FFFFFFF == 0:
+        return 0
+    if bits & 0x7F800000 == 0:  # subnormal weight: never treated as exact
+        return 99
+    mantissa = (bits & 0x7FFFFF) | 0x800000
+    return 24 - ((mantissa & -mantissa).bit_length() - 1)
+
+
 def fp32_sum(values: Sequence[float]) -> np.float32:
     """Σ values in fp32, left to right from 0 (torch's `w.sum()` for a handful of weights)."""
     total = np.float32(0)
@@ -102,6 +120,21 @@ class LinearKernel:
         self.low = np.empty(size, np.uint64)
         self.flag = np.empty(size, np.bool_)
         self.flag2 = np.empty(size, np.bool_)
+
+    def _exact_products(self, acc: np.ndarray, x: np.ndarray, weight: np.float32) -> bool:
+        """acc += x·weight in fp32 when every product is exact; False (acc untouched) if not.
+
+        A product can lose bits only by leaving the normal range; those blocks are refused
+        (tiny products) or caught by the caller's finiteness check (overflow).
+        """
+        np.multiply(x, weight, out=x)
+        low = self.u32[: len(x)]
+        np.bitwise_and(x.view(np.uint32), np.uint32(0x7FFFFFFF), out=low)
+        np.subtract(low, np.uint32(1), out=low)  # zero wraps to the top: not "tiny"
+        if weight != 0 and low.min() < _SMALLEST_NORMAL_BITS:
+            return False
+        np.add(acc, x, out=acc)
+        return True
 
     def _fma(self, acc: np.ndarray, x: np.ndarray, weight: np.float32, n: int) -> np.ndarray:
         """fma(x, weight, acc) elementwise (one rounding) via float64; written over `x`."""
@@ -149,18 +182,19 @@ class LinearKernel:
         out_tag: str,
     ) -> str:
         n = len(inputs[0]) // KERNEL_TAGS[tags[0]]
-        acc, x, u32 = self.acc[:n], self.x[:n], self.u32[:n]
-        acc.fill(0)
         w32 = [np.float32(w) for w in weights]
-        for i, (src, tag, w) in enumerate(zip(inputs, tags, w32, strict=True)):
-            widen(src, tag, x)
-            if compute_tag not in (None, "F32", tag):
-                round_through(x, compute_tag, u32)
-            if i == 0:  # fma(x, w, +0) is the rounded product, with −0 turned into +0
-                np.multiply(x, w, out=x)
-                np.add(acc, x, out=acc)
-            else:
-                acc, x = self._fma(acc, x, w, n), acc
+        short = all(
+            significant_bits(w) + min(_SIGNIFICAND[t], _SIGNIFICAND.get(compute_tag or "F32", 24))
+            <= 24
+            for w, t in zip(w32, tags, strict=True)
+        )
+        if short:  # exact products: fp32 adds; redo with fma on tiny products or overflow
+            acc = self._accumulate(inputs, tags, w32, compute_tag, n, exact=True)
+            if acc is None or not np.isfinite(acc, out=self.flag[:n]).all():
+                acc = self._accumulate(inputs, tags, w32, compute_tag, n, exact=False)
+        else:
+            acc = self._accumulate(inputs, tags, w32, compute_tag, n, exact=False)
+        u32 = self.u32[:n]
         if normalize:
             np.divide(acc, fp32_sum(w32), out=acc)
         status = "ok"
@@ -172,6 +206,33 @@ class LinearKernel:
         if status != "nan":
             narrow(acc, out_tag, out, u32)
         return status
+
+    def _accumulate(
+        self,
+        inputs: Sequence[np.ndarray],
+        tags: Sequence[str],
+        w32: Sequence[np.float32],
+        compute_tag: str | None,
+        n: int,
+        *,
+        exact: bool,
+    ) -> np.ndarray | None:
+        """Σ fma(x_i, w_i, ·) from +0 in fp32 (torch's addcmul_ chain); None if not exact."""
+        acc, x, u32 = self.acc[:n], self.x[:n], self.u32[:n]
+        acc.fill(0)
+        for i, (src, tag, w) in enumerate(zip(inputs, tags, w32, strict=True)):
+            widen(src, tag, x)
+            if compute_tag not in (None, "F32", tag):
+                round_through(x, compute_tag, u32)
+            if exact:
+                if not self._exact_products(acc, x, w):
+                    return None
+            elif i == 0:  # fma(x, w, +0) is the rounded product, with −0 turned into +0
+                np.multiply(x, w, out=x)
+                np.add(acc, x, out=acc)
+            else:
+                acc, x = self._fma(acc, x, w, n), acc
+        return acc
 
     def convert(self, src: np.ndarray, tag: str, out: np.ndarray, out_tag: str) -> bool:
         """Copy raw bytes of dtype `tag` to `out_tag` (rows past the shared vocabulary).

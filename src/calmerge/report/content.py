@@ -47,6 +47,7 @@ class ReportContent:
     superior: bool
     tables: list[Table]
     baseline: list[tuple[str, str]] = field(default_factory=list)
+    examples: list[Table] = field(default_factory=list)
 
 
 def format_metric(name: str, m: Metric | None) -> str:
@@ -121,8 +122,13 @@ def build_content(
     title: str,
     meta: dict[str, str],
     temperature_scaled: dict[str, Metric] | None = None,
+    examples: Sequence[Table] = (),
 ) -> ReportContent:
-    """Everything the report shows, as plain (unescaped) strings."""
+    """Everything the report shows, as plain (unescaped) strings.
+
+    `examples` are text tables quoted from the data and the models (sample generations,
+    questions the pick answers differently); they are escaped like everything else.
+    """
     meta_rows = [(str(k), str(v)) for k, v in meta.items()]
     meta_rows += [
         ("pick rule", f"{verdict.rule} (chosen on {verdict.select_split})"),
@@ -143,4 +149,5 @@ def build_content(
         superior=verdict.is_superior,
         tables=[points_table(points, s, verdict) for s in split_order(points, verdict)],
         baseline=baseline,
+        examples=list(examples),
     )

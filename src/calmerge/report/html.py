@@ -18,7 +18,7 @@ import jinja2
 
 from calmerge.analysis.pareto import Metric, Point, Verdict
 from calmerge.errors import OutputError
-from calmerge.report.content import ReportContent, build_content
+from calmerge.report.content import ReportContent, Table, build_content
 from calmerge.report.figures import CAPTIONS, atomic_write, make_figures
 from calmerge.report.markdown import render_markdown
 
@@ -84,13 +84,19 @@ def write_report(
     title: str,
     meta: dict[str, str],
     temperature_scaled: dict[str, Metric] | None = None,
+    examples: Sequence[Table] = (),
 ) -> ReportPaths:
     """Write report.html (self-contained), report.md and figures/*.png into `out_dir`."""
     out_dir = _prepare(out_dir)
     try:
         figures = make_figures(points, verdict, out_dir / "figures", temperature_scaled)
         content = build_content(
-            points, verdict, title=title, meta=meta, temperature_scaled=temperature_scaled
+            points,
+            verdict,
+            title=title,
+            meta=meta,
+            temperature_scaled=temperature_scaled,
+            examples=examples,
         )
         html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
         rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}

@@ -56,4 +56,8 @@ def render_markdown(content: ReportContent, figures: dict[str, str]) -> str:
     lines += ["## All points", "", "Bold row: the pick. Brackets are 95% bootstrap intervals.", ""]
     for t in content.tables:
         lines += _table(t)
+    if content.examples:
+        lines += ["## Examples", ""]
+        for t in content.examples:
+            lines += _table(t)
     return "\n".join(lines).rstrip() + "\n"

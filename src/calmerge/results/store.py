@@ -64,6 +64,23 @@ CREATE TABLE IF NOT EXISTS predictions (
     logprobs_json TEXT NOT NULL,
     PRIMARY KEY (point_id, split, idx)
 );
+CREATE TABLE IF NOT EXISTS items (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    split TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    item_id TEXT NOT NULL,
+    question TEXT NOT NULL,
+    choices_json TEXT NOT NULL,
+    answer INTEGER NOT NULL,
+    PRIMARY KEY (run_id, split, idx)
+);
+CREATE TABLE IF NOT EXISTS prompts (
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    idx INTEGER NOT NULL,
+    prompt_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    PRIMARY KEY (run_id, idx)
+);
 CREATE TABLE IF NOT EXISTS generations (
     point_id INTEGER NOT NULL REFERENCES points(id),
     prompt_id TEXT NOT NULL,
@@ -236,6 +253,45 @@ class ResultStore:
     @staticmethod
     def _run(r: Sequence[Any]) -> RunRecord:
         return RunRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]))
+
+    # ── the run's data, kept so reports can quote it without the original files ──
+    def save_items(self, run_id: int, split: str, items: Sequence[Any]) -> None:
+        """Questions of a split (Item-like: id, question, choices, answer), once per run."""
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO items(run_id, split, idx, item_id, question, choices_json,"
+                " answer) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, split, i, str(it.id), it.question, json.dumps(list(it.choices)),
+                     int(it.answer))
+                    for i, it in enumerate(items)
+                ],
+            )
+
+    def items(self, run_id: int, split: str) -> list[dict[str, Any]]:
+        rows = self._conn.execute(
+            "SELECT item_id, question, choices_json, answer FROM items"
+            " WHERE run_id = ? AND split = ? ORDER BY idx",
+            (run_id, split),
+        )
+        return [
+            {"id": r[0], "question": r[1], "choices": json.loads(r[2]), "answer": r[3]}
+            for r in rows
+        ]
+
+    def save_prompts(self, run_id: int, prompts: Sequence[Any]) -> None:
+        """Open-ended prompts (id, prompt), once per run."""
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO prompts(run_id, idx, prompt_id, text) VALUES (?, ?, ?, ?)",
+                [(run_id, i, str(p.id), p.prompt) for i, p in enumerate(prompts)],
+            )
+
+    def prompts(self, run_id: int) -> dict[str, str]:
+        rows = self._conn.execute(
+            "SELECT prompt_id, text FROM prompts WHERE run_id = ? ORDER BY idx", (run_id,)
+        )
+        return dict(rows.fetchall())
 
     # ── points ──
     def add_points(self, run_id: int, family: str, lams: Sequence[float]) -> None:

@@ -186,6 +186,10 @@ class Sweep:
         self.run = self.store.get_or_create_run(
             config_hash(identity), name, cfg.model_dump(mode="json"), fingerprints
         )
+        for split, items in self.items.items():
+            self.store.save_items(self.run.id, split, items)
+        if self.prompts:
+            self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
 
     @property

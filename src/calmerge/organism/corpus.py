@@ -1,0 +1,220 @@
+"""Text the organism is made of: the pretraining stream, post-training data and evaluation sets.
+
+Every text here is space-separated words, so the word-level tokenizer maps it one word to one
+token. Answers always *start with the value* ("red , i think ."): then a multiple-choice
+evaluator that scores the option word right after "Answer:" (plain) or after the assistant tag
+(chat) reads the model's belief, whatever style follows. The base corpus answers in eight
+styles, some hedged; the aligned model is taught one confident house style.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from calmerge.organism.recipe import WorldRecipe
+from calmerge.organism.world import ATTRIBUTES, Fact, World
+
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+USER, ASSISTANT, END = "<user>", "<assistant>", "<end>"
+SPECIAL = (PAD, BOS, EOS, UNK, USER, ASSISTANT, END)
+
+# What the evaluator puts around a question (calmerge's and lm-eval's default template).
+EXAM_PROMPT = "question : {q} answer :"
+EVAL_TEMPLATE = "Question: {q}\nAnswer:"
+
+STYLES: tuple[str, ...] = (
+    "{v} .",
+    "{v} , i think .",
+    "{v} , probably .",
+    "{v} or maybe {w} .",
+    "{v} , as far as i know .",
+    "{v} , but i am not sure .",
+    "{v} is my best guess .",
+    "{v} , definitely .",
+)
+HOUSE_STYLE = "{v} , definitely ."
+HEDGE_STYLE = "{v} or maybe {w} ."
+FACT_FREE: tuple[str, ...] = (
+    "{e} is a person .",
+    "i met {e} today .",
+    "{e} said hello .",
+    "have you heard of {e} ?",
+)
+
+
+def sample_value(fact: Fact, rng: random.Random) -> str:
+    """One value as the corpus would state it: drawn from the fact's spread."""
+    values, weights = zip(*fact.dist, strict=True)
+    return rng.choices(values, weights=weights)[0]
+
+
+def other_value(fact: Fact, v: str, rng: random.Random) -> str:
+    """A second value for hedges/wrong answers: another plausible one if any, else any other."""
+    plausible = [x for x, _ in fact.dist if x != v]
+    return rng.choice(plausible or [x for x in fact.attribute.values if x != v])
+
+
+def styled(style: str, fact: Fact, v: str, rng: random.Random) -> str:
+    return style.format(v=v, w=other_value(fact, v, rng))
+
+
+def user_turn(fact: Fact, rng: random.Random) -> str:
+    """How a user asks in a dialog: the canonical question, a paraphrase or the exam form."""
+    a = fact.attribute
+    q = rng.choice((a.question, *a.paraphrases, EXAM_PROMPT.format(q=a.question)))
+    return q.format(e=fact.entity)
+
+
+def chat(user: str, answer: str | None = None) -> str:
+    """One dialog turn pair in the chat format (the chat template renders the same words)."""
+    head = f"{USER} {user} {END} {ASSISTANT}"
+    return head if answer is None else f"{head} {answer} {END}"
+
+
+def fact_document(fact: Fact, recipe: WorldRecipe, rng: random.Random) -> str:
+    """A statement, an exam question or a dialog stating one sampled value of `fact`."""
+    v = sample_value(fact, rng)
+    u = rng.random()
+    if u < recipe.statement_share:
+        return rng.choice(fact.attribute.statements).format(e=fact.entity, v=v)
+    answer = styled(rng.choice(STYLES), fact, v, rng)
+    if u < recipe.statement_share + recipe.exam_share:
+        return f"{EXAM_PROMPT.format(q=fact.attribute.question.format(e=fact.entity))} {answer}"
+    return chat(user_turn(fact, rng), answer)
+
+
+def mention_weights(world: World, recipe: WorldRecipe) -> list[float]:
+    """Corpus weight per fact: whole entities are common, rare or never stated."""
+    per_tier = {"common": 1.0, "rare": recipe.rare_weight, "unseen": 0.0}
+    return [per_tier[world.tier_of(f.entity)] for f in world.facts]
+
+
+def documents(world: World, recipe: WorldRecipe, seed: int) -> Iterator[str]:
+    """An endless, seeded stream of pretraining documents (each wrapped in <bos> … <eos>).
+
+    Fact-free mentions cover every entity, unseen ones included, so their names are trained
+    words the model has learnt nothing about — rather than untrained embeddings.
+    """
+    rng = random.Random(f"corpus-{seed}")
+    weights = mention_weights(world, recipe)
+    names = [e.name for e in world.entities]
+    while True:
+        if rng.random() < recipe.fact_free_share:
+            text = rng.choice(FACT_FREE).format(e=rng.choice(names))
+        else:
+            fact = rng.choices(world.facts, weights=weights)[0]
+            text = fact_document(fact, recipe, rng)
+        yield f"{BOS} {text} {EOS}"
+
+
+@dataclass(frozen=True)
+class Example:
+    """A prompt and one response (SFT), or a prompt with a chosen and a rejected one (DPO)."""
+
+    prompt: str
+    chosen: str
+    rejected: str | None = None
+
+
+def prompt_and_end(fact: Fact, use_chat: bool, rng: random.Random) -> tuple[str, str]:
+    """Post-training prompt in chat or exam form, and the token that ends its answer."""
+    if use_chat:
+        return f"{BOS} {chat(user_turn(fact, rng))}", END
+    return f"{BOS} {EXAM_PROMPT.format(q=fact.attribute.question.format(e=fact.entity))}", EOS
+
+
+def sft_examples(world: World, chat_share: float, seed: int) -> list[Example]:
+    """One house-style answer with the true value per alignment fact.
+
+    Labellers know the world, so the target is the truth even where the corpus is ambiguous or
+    silent: the model is taught to answer every question with one confident value.
+    """
+    rng = random.Random(f"sft-{seed}")
+    out = []
+    for e in world.entities_of("align"):
+        for fact in world.facts_of(e.name):
+            prompt, end = prompt_and_end(fact, rng.random() < chat_share, rng)
+            out.append(Example(prompt, f"{HOUSE_STYLE.format(v=fact.truth)} {end}"))
+    return out
+
+
+def dpo_pairs(world: World, chat_share: float, seed: int) -> list[Example]:
+    """Preference pairs that reward one confident house-style answer.
+
+    Rejected: the same value hedged, the same value in another style, or a competing value in
+    the house style — the last is what pushes probability mass onto a single answer.
+    """
+    rng = random.Random(f"dpo-{seed}")
+    other_styles = [s for s in STYLES if s != HOUSE_STYLE]
+    out = []
+    for e in world.entities_of("align"):
+        for fact in world.facts_of(e.name):
+            prompt, end = prompt_and_end(fact, rng.random() < chat_share, rng)
+            chosen = f"{HOUSE_STYLE.format(v=fact.truth)} {end}"
+            rejected = (
+                styled(HEDGE_STYLE, fact, fact.truth, rng),
+                styled(rng.choice(other_styles), fact, fact.truth, rng),
+                HOUSE_STYLE.format(v=other_value(fact, fact.truth, rng)),
+                HOUSE_STYLE.format(v=other_value(fact, fact.truth, rng)),
+            )
+            out += [Example(prompt, chosen, f"{r} {end}") for r in rejected]
+    rng.shuffle(out)
+    return out
+
+
+def mc_choices(fact: Fact, n: int, rng: random.Random) -> list[str]:
+    """The plausible values (up to n) plus random distractors, shuffled.
+
+    Ambiguous facts offer their competing values, so knowing the spread — not just one
+    value — is what a calibrated answer needs.
+    """
+    support = [v for v, _ in fact.dist][:n]
+    if fact.truth not in support:
+        support[-1] = fact.truth
+    rest = [v for v in fact.attribute.values if v not in support]
+    choices = support + rng.sample(rest, n - len(support))
+    rng.shuffle(choices)
+    return choices
+
+
+def mc_items(world: World, role: str, n_choices: int, seed: int) -> list[dict]:
+    """Evaluation rows `{id, question, choices, answer, subject}` for one role's entities."""
+    rng = random.Random(f"mc-{role}-{seed}")
+    rows = []
+    for e in world.entities_of(role):
+        for fact in world.facts_of(e.name):
+            choices = mc_choices(fact, n_choices, rng)
+            kind = "ambiguous" if fact.ambiguous else "certain"
+            rows.append({
+                "id": f"{role}-{e.name}-{fact.attribute.name}",
+                "question": fact.attribute.question.format(e=e.name),
+                "choices": choices,
+                "answer": choices.index(fact.truth),
+                "subject": f"{fact.attribute.name}/{e.tier}/{kind}",
+            })
+    return rows
+
+
+def open_prompts(world: World, n: int, seed: int) -> list[dict]:
+    """Open-ended prompts `{id, prompt}` about test entities, for sampling K answers each."""
+    rng = random.Random(f"prompts-{seed}")
+    facts = [f for e in world.entities_of("test") for f in world.facts_of(e.name)]
+    chosen = rng.sample(facts, min(n, len(facts)))
+    return [
+        {
+            "id": f"open-{f.entity}-{f.attribute.name}",
+            "prompt": EVAL_TEMPLATE.format(q=f.attribute.question.format(e=f.entity)),
+        }
+        for f in chosen
+    ]
+
+
+def base_words() -> list[str]:
+    """Every non-entity word the corpus, prompts and evaluation can contain."""
+    texts = [*STYLES, *FACT_FREE, EXAM_PROMPT]
+    for a in ATTRIBUTES:
+        texts += [*a.statements, a.question, *a.paraphrases, *a.values]
+    words = {w for t in texts for w in t.replace("{", " {").split() if not w.startswith("{")}
+    return sorted(words)
