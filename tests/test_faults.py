@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -178,3 +179,48 @@ def test_disk_full_during_sweep_keeps_finished_points(tiny_pair, fault_data, sma
     done = [lam for lam, (status, _) in states.items() if status == "done"]
     assert 0 < len(done) < 17
     assert all(status in ("done", "pending") for status, _ in states.values())
+
+
+@pytest.fixture(scope="module")
+def bigger_pair(tmp_path_factory):
+    """A pair large enough (~13 MB each, 4 shards) that a merge takes a moment to write."""
+    from tiny import make_model
+
+    root = tmp_path_factory.mktemp("bigger")
+    base = make_model(root / "base", seed=0, layers=24, max_shard_size="4MB")
+    aligned = make_model(root / "aligned", seed=1, base=base, scale=0.2, max_shard_size="4MB")
+    return base, aligned
+
+
+def test_kill_9_during_merge_leaves_nothing_or_a_complete_model(bigger_pair, tmp_path):
+    from safetensors.torch import load_file
+
+    base, aligned = bigger_pair
+    out = tmp_path / "merged"
+    argv = [sys.executable, "-m", "calmerge.cli", "merge", "--base", str(base), "--aligned",
+            str(aligned), "--lam", "0.5", "-o", str(out), "--max-shard-size", "2MB", "--quiet"]
+    start = time.perf_counter()
+    subprocess.run(argv, env=ENV, check=True, capture_output=True)
+    full = time.perf_counter() - start
+    expected = {f.name for f in out.iterdir()}
+    rng = random.Random(7)
+    outcomes = set()
+    for _ in range(8):
+        shutil.rmtree(out, ignore_errors=True)
+        proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3 * full, full))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if out.exists():  # complete and loadable, never half-written
+            outcomes.add("complete")
+            assert {f.name for f in out.iterdir()} == expected
+            for shard in out.glob("*.safetensors"):
+                load_file(shard)
+        else:
+            outcomes.add("absent")
+    # the next run cleans whatever a killed run left beside the output
+    shutil.rmtree(out, ignore_errors=True)
+    subprocess.run(argv, env=ENV, check=True, capture_output=True)
+    assert not [p for p in tmp_path.iterdir() if "calmerge-tmp" in p.name]
+    assert "absent" in outcomes  # at least one kill landed mid-merge
