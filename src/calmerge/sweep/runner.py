@@ -230,7 +230,14 @@ class Sweep:
         )
         self._interp = LiveInterpolator(self._model, self.base, self.aligned)
 
-    def evaluate_point(self, family: str, lam: float) -> tuple[dict, dict, dict]:
+    @property
+    def work_per_point(self) -> int:
+        """Progress units of one point: every scored item plus every sampled generation."""
+        return sum(len(v) for v in self.items.values()) + len(self.prompts) * self.cfg.samples
+
+    def evaluate_point(
+        self, family: str, lam: float, advance: Callable[[int], None] = lambda n: None
+    ) -> tuple[dict, dict, dict]:
         """Rewrite the weights to (family, λ) and measure every split (+ diversity)."""
         from calmerge.eval.calibration import compute_metrics
 
@@ -244,6 +251,7 @@ class Sweep:
             ms = compute_metrics(result, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins)
             metrics[split] = {k: (m.value, m.lo, m.hi) for k, m in ms.items()}
             preds[split] = _predictions(result)
+            advance(len(result.ids))
         gens: dict[str, list[str]] = {}
         if self.prompts:
             from calmerge.eval.diversity import diversity_metrics
@@ -263,6 +271,7 @@ class Sweep:
             div = diversity_metrics(samples, embed=cfg.embed_diversity)
             metrics["gen"] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
             gens = {p.id: s for p, s in zip(self.prompts, samples, strict=True)}
+            advance(len(self.prompts) * cfg.samples)
         return metrics, preds, gens
 
     # ── the loop ──
@@ -289,7 +298,7 @@ class Sweep:
                     if self._is_done(family, lam):
                         if not waited:
                             outcome.skipped.append((family, lam))
-                        bar.advance(1)
+                        bar.advance(self.work_per_point)
                     else:
                         held.append(lam)
                     continue
@@ -310,7 +319,7 @@ class Sweep:
         bar.describe(f"{family} λ={lam:g}")
         start = time.perf_counter()
         try:
-            metrics, preds, gens = self.evaluate_point(family, lam)
+            metrics, preds, gens = self.evaluate_point(family, lam, bar.advance)
             self.store.finish_point(
                 pid,
                 metrics=metrics,
@@ -323,7 +332,6 @@ class Sweep:
                 self.store.release(pid)
             raise
         outcome.computed.append((family, lam))
-        bar.advance(1)
 
     def _refinement(self, family: str, budget: int) -> list[float]:
         from calmerge.analysis.pareto import pareto_front
@@ -347,7 +355,7 @@ class Sweep:
         with PointBar(enabled=progress) as bar:
             for family in self.cfg.families:
                 lams = self._initial_lams(family)
-                bar.add(len(lams))
+                bar.add(len(lams) * self.work_per_point)
                 self._run_points(family, lams, outcome, bar)
                 budget = self.cfg.max_refine_points if self.cfg.refine else 0
                 while budget > 0:
@@ -356,14 +364,14 @@ class Sweep:
                     new = [x for x in new if round_lam(x) not in known]
                     if not new:
                         break
-                    bar.add(len(new))
+                    bar.add(len(new) * self.work_per_point)
                     self._run_points(family, new, outcome, bar)
                     budget -= len(new)
         return outcome
 
 
 class PointBar:
-    """A rich progress bar over sweep points with ETA (silent when disabled)."""
+    """A rich progress bar over points × items (and generations), with ETA; silent if disabled."""
 
     def __init__(self, *, enabled: bool) -> None:
         self.enabled = enabled

@@ -1,0 +1,142 @@
+"""The numpy linear kernels against the torch method (`methods._linear`) bit for bit, and the
+engine's kernel path against its torch path on whole tiny checkpoints."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny import make_model
+
+from calmerge.merge import engine
+from calmerge.merge.kernels import LinearKernel, significant_bits
+from calmerge.merge.methods import _linear
+
+TAGS = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
+
+
+def _raw(t: torch.Tensor) -> np.ndarray:
+    return t.contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+def _inputs(n: int, dtypes: list[torch.dtype], seed: int, scale: float = 0.02):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for dt in dtypes:
+        x = torch.randn(n, generator=gen) * scale
+        x[:40] = 0.0
+        x[40:80] = -0.0
+        x[80:90] = 3e-39  # fp32 subnormals (tiny products)
+        out.append(x.to(dt))
+    return out
+
+
+CASES = [
+    # weights, normalize, input dtypes, compute (None = the first input's), out dtype
+    ([0.5, 0.5], True, [torch.bfloat16] * 2, None, torch.bfloat16),
+    ([0.4, 0.6], True, [torch.bfloat16] * 2, torch.float32, torch.bfloat16),
+    ([0.3, 0.9], True, [torch.bfloat16] * 2, torch.float32, torch.float32),
+    ([1.7, -0.7], False, [torch.bfloat16] * 2, torch.float32, torch.float16),
+    ([0.0, 1.0], True, [torch.float32] * 2, torch.float32, torch.bfloat16),
+    ([0.25, 0.75, 0.5], True, [torch.float16, torch.bfloat16, torch.float32], None, torch.bfloat16),
+    ([0.2, 0.3, 0.1, 0.4], False, [torch.float32] * 4, torch.float32, torch.float32),
+    ([1 / 3, 2 / 3], True, [torch.float32, torch.bfloat16], torch.bfloat16, torch.float32),
+]
+
+
+@pytest.mark.parametrize(("weights", "normalize", "dtypes", "compute", "out_dtype"), CASES)
+def test_kernel_is_bitwise_the_torch_linear(weights, normalize, dtypes, compute, out_dtype):
+    n = 70_001
+    xs = _inputs(n, dtypes, seed=len(weights) + int(normalize))
+    cd = compute or xs[0].dtype
+    ref = _linear([x.to(cd) for x in xs], weights, normalize).to(cd).to(out_dtype)
+    out = np.empty(n * out_dtype.itemsize, np.uint8)
+    status = LinearKernel(n).run(
+        [_raw(x) for x in xs], [TAGS[x.dtype] for x in xs], weights, normalize, TAGS[cd], out,
+        TAGS[out_dtype],
+    )
+    assert status == "ok"
+    assert np.array_equal(out, _raw(ref))
+
+
+def test_kernel_reports_overflow_and_nan():
+    big = torch.full((64,), 3e38)
+    out = np.empty(64 * 4, np.uint8)  # room for fp32
+    kernel = LinearKernel(64)
+    assert kernel.run([_raw(big), _raw(big)], ["F32", "F32"], [2.0, 0.5], False, "F32", out,
+                      "F32") == "nonfinite"
+    # weights summing to 0 with normalize: 0/0 — the engine hands such tensors to torch
+    assert kernel.run([_raw(big), _raw(big)], ["F32", "F32"], [1.0, -1.0], True, "F32", out,
+                      "BF16") == "nan"
+
+
+def test_significant_bits():
+    assert significant_bits(np.float32(0.5)) == 1
+    assert significant_bits(np.float32(0.75)) == 2
+    assert significant_bits(np.float32(0.0)) == 0
+    assert significant_bits(np.float32(0.6)) == 24
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("kernels")
+    base = make_model(root / "base", seed=0, chat=False, dtype=torch.bfloat16)
+    return {
+        "base": base,
+        "a": make_model(root / "a", seed=1, base=base, scale=0.2, dtype=torch.bfloat16),
+        "ext": make_model(root / "ext", seed=3, base=base, scale=0.2, extra_vocab=3),
+    }
+
+
+def _bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.safetensors"))}
+
+
+@pytest.mark.parametrize(("aligned", "lam", "out_dtype"), [
+    ("a", 0.5, None), ("a", 0.6, None), ("a", 1.3, "float16"), ("ext", 0.6, "bfloat16"),
+])
+def test_engine_kernel_path_equals_torch_path(models, tmp_path, aligned, lam, out_dtype):
+    cfg = engine.pair_config(models["base"], models[aligned], lam, out_dtype=out_dtype)
+    plan = engine.plan_merge(cfg)
+    assert engine.kernel_ok(plan)
+    outs = []
+    for kernels in (True, False):
+        d = tmp_path / f"k{kernels}"
+        d.mkdir()
+        engine.execute(plan, d, max_shard_size=200_000, quiet=True, kernels=kernels)
+        outs.append(_bytes(d))
+    assert len(outs[0]) > 1
+    assert outs[0] == outs[1]
+
+
+def test_engine_kernel_path_names_a_nonfinite_input(models, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from calmerge.errors import CheckpointError
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in models["a"].iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    shard = next(bad.glob("*.safetensors"))
+    state = load_file(shard)
+    name = sorted(state)[-1]
+    state[name].view(-1)[-1] = float("nan")
+    save_file(state, shard, metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=name):
+        engine.merge_pair(models["base"], bad, 0.6, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_linear_merge_does_not_import_torch(models, tmp_path):
+    code = (
+        "import sys\n"
+        "from calmerge.merge.engine import merge_pair\n"
+        f"merge_pair({str(models['base'])!r}, {str(models['a'])!r}, 0.6, {str(tmp_path / 'o')!r})\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
