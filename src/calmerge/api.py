@@ -11,6 +11,7 @@ from typing import Any
 
 from calmerge.config import SweepConfig
 from calmerge.errors import ConfigError, OutputError, StoreError
+from calmerge.io.atomic import atomic_write, atomic_write_text
 
 # ───────────────────────────── merge engine ─────────────────────────────
 # Heavy modules (torch) are imported inside the functions so `import calmerge.api` stays cheap.
@@ -163,19 +164,6 @@ def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
     return report
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through `write(tmp_path)` and rename into place only when complete."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"{path}: cannot write ({exc.strerror})", "check permissions/space") from None
-
-
 def _write_eval_json(report: EvalReport, cfg: Any, prompts: list, path: Path) -> None:
     import json
     import math
@@ -195,7 +183,7 @@ def _write_eval_json(report: EvalReport, cfg: Any, prompts: list, path: Path) ->
         ),
         "seconds": report.seconds,
     }
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=1)))
+    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def _write_reliability_png(bins: list[dict], metrics: dict, path: Path, title: str) -> None:
@@ -223,7 +211,7 @@ def _write_reliability_png(bins: list[dict], metrics: dict, path: Path, title: s
     axc.set_xlabel("confidence")
     axc.set_ylabel("items")
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 
@@ -321,24 +309,6 @@ def write_results(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> str
     if out is not None:
         atomic_write_text(Path(out), text)
     return text
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a text file under a temporary name and rename it into place when complete."""
-    import os
-    import tempfile
-
-    if path.is_dir():
-        raise OutputError(f"{path}: is a directory", "give a file path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def report(
@@ -561,4 +531,37 @@ def demo(out: str | Path = "demo-output", *, seed: int = 0, progress: bool = Tru
 
 
 # ───────────────────────────── built-in default ─────────────────────────────
+
+
+def build_organism(
+    out: str | Path | None = None,
+    *,
+    seed: int = 0,
+    recipe: Any = None,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> Any:
+    """Build (or reuse from the cache) the built-in base/aligned pair; returns OrganismPaths.
+
+    `recipe` is an `organism.Recipe` or a path to a YAML recipe; None is the demo's recipe.
+    """
+    from calmerge.organism import build_organism as build
+
+    return build(
+        out, seed=seed, recipe=load_organism_recipe(recipe), cache_dir=cache_dir,
+        progress=progress, force=force,
+    )
+
+
+def load_organism_recipe(recipe: Any) -> Any:
+    """A Recipe from a Recipe, a YAML path, or None (the default recipe)."""
+    from calmerge.config import load_yaml, validate
+    from calmerge.organism import Recipe, default_recipe
+
+    if recipe is None:
+        return default_recipe()
+    if isinstance(recipe, Recipe):
+        return recipe
+    return validate(Recipe, load_yaml(Path(recipe)), str(recipe))
 

@@ -384,6 +384,43 @@ def demo_cmd(
 
 # ───────────────────────────── built-in default (organism, demo) ─────────────────────────────
 
+organism_app = typer.Typer(
+    help="The built-in base/aligned model pair (the demo's default models).", no_args_is_help=True
+)
+app.add_typer(organism_app, name="organism")
+
+
+@organism_app.command("build")
+def organism_build_cmd(
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Also copy the pair here (default: cache only).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="World, data and training seed.")] = 0,
+    recipe: Annotated[
+        Path | None, typer.Option(help="YAML recipe (default: the demo's recipe).")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Cache root (default $CALMERGE_CACHE/organism).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an organism at --out.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Build (or reuse from the cache) the base/aligned pair and its evaluation data."""
+    from rich.table import Table
+
+    from calmerge import api
+
+    paths = api.build_organism(
+        out, seed=seed, recipe=recipe, cache_dir=cache_dir, progress=not quiet, force=force
+    )
+    meta = paths.metadata()
+    table = Table(show_header=False, box=None)
+    for key in ("base", "aligned", "dev", "test", "prompts"):
+        table.add_row(key, str(getattr(paths, key)))
+    table.add_row("parameters", f"{meta['parameters']:,}")
+    table.add_row("build time", f"{meta['timings']['total_s']:.0f} s (hash {meta['hash']})")
+    console.print(table)
+
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Typer app and turn user mistakes into one line + exit 2."""

@@ -133,13 +133,14 @@ def load_merge_config(path: Path) -> MergeConfig:
 # ───────────────────────────── evaluation ─────────────────────────────
 
 
-class EvalConfig(Frozen):
-    """One `calmerge eval` run: which model, which data, how to prompt and score."""
+class EvalSettings(Frozen):
+    """How items are prompted and scored and how generations are sampled.
 
-    model: str
-    data: str
-    prompts: str | None = None
+    Shared by `calmerge eval` and `calmerge sweep`, so one flag means the same in both.
+    """
+
     dev: str | None = None
+    prompts: str | None = None
     fewshot: int = Field(0, ge=0, le=64)
     mode: Literal["loglik", "letter"] = "loglik"
     prompt_template: str | None = None
@@ -155,7 +156,6 @@ class EvalConfig(Frozen):
     seed: int = 0
     n_boot: int = Field(1000, ge=0, le=100000)
     n_bins: int = Field(10, ge=2, le=100)
-    output: str | None = None
     trust_remote_code: bool = False
 
     @field_validator("fewshot")
@@ -166,20 +166,26 @@ class EvalConfig(Frozen):
         return v
 
 
+class EvalConfig(EvalSettings):
+    """One `calmerge eval` run: which model, which data, how to prompt and score."""
+
+    model: str
+    data: str
+    output: str | None = None
+
+
 # ───────────────────────────── sweep ─────────────────────────────
 
 DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_EXTRAPOLATION: tuple[float, ...] = (1.1, 1.2)
 
 
-class SweepConfig(Frozen):
+class SweepConfig(EvalSettings):
     """Everything a sweep needs; the eval-relevant part is hashed to identify (and resume) a run."""
 
     base: str
     aligned: str
     data: str
-    dev: str | None = None
-    prompts: str | None = None
     name: str | None = None
     grid: tuple[float, ...] = DEFAULT_GRID
     extrapolate: tuple[float, ...] = DEFAULT_EXTRAPOLATION
@@ -188,27 +194,12 @@ class SweepConfig(Frozen):
     max_refine_points: int = Field(6, ge=0, le=100)
     families: tuple[str, ...] = ("linear",)
     density: float = Field(0.5, gt=0, le=1)
-    mode: Literal["loglik", "letter"] = "loglik"
-    prompt_template: str | None = None
-    prompt_format: Literal["plain", "chat"] = "plain"
-    fewshot: int = Field(0, ge=0, le=64)
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    batch_size: int = Field(32, ge=1)
-    samples: int = Field(8, ge=2, le=256)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(24, ge=1, le=4096)
-    embed_diversity: bool = True
-    seed: int = 0
-    n_boot: int = Field(1000, ge=0, le=100000)
-    n_bins: int = Field(10, ge=2, le=100)
+    max_new_tokens: int = Field(24, ge=1, le=4096)  # short answers keep a sweep point cheap
     objectives: tuple[str, ...] | None = None
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
     out: str = "calmerge-report"
     allow_pickle: bool = False
-    trust_remote_code: bool = False
 
     @field_validator("grid", "extrapolate")
     @classmethod

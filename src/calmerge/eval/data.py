@@ -1,20 +1,37 @@
-"""Multiple-choice items and open-ended prompts from JSONL / CSV files.
+"""Multiple-choice items and open-ended prompts: files, Hugging Face datasets, lm-eval tasks.
 
-Every row is validated before any model work starts, and a bad row is reported as
-`file:line` so the user can fix it; answers may be an index (0-based) or a letter ("B").
-Dev and test splits are kept apart by file (or by the `split` column when one file holds both).
+Every row is validated before any model work starts, and a bad row is reported with where it
+came from (`file:line`, or the ref plus split and row) so the user can fix it; answers may be an
+index (0-based) or a letter ("B"). Dev and test splits are kept apart by file (or by the `split`
+column when one file holds both), by dataset split, or by lm-eval's split roles.
+
+A data reference is either a path (JSONL/CSV) or `source:body`, dispatched through a registry of
+sources (`@data_source("hf")`), so a new kind of data is one function plus one decorator line:
+
+    items.jsonl                                   a file (also `file:items.jsonl?split=dev`)
+    hf:cais/mmlu:abstract_algebra:test            a Hugging Face dataset (path:config:split)
+    hf:json:/data/arc.jsonl?choices=opts          a packaged builder over local files
+    lmeval:arc_easy?include_path=/my/tasks        an lm-evaluation-harness task, its prompts
+
+`datasets` and `lm_eval` are imported only when such a reference is loaded.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
+import hashlib
+import importlib
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
-from calmerge.errors import DataError
+from calmerge.errors import DataError, did_you_mean
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

@@ -170,7 +170,7 @@ def pretrain(
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        value = float(loss)
+        value = float(loss.detach())
         ema = value if ema is None else 0.95 * ema + 0.05 * value
         if step % recipe.probe_every == 0 or step == end:
             recall = probe_recall(model, probe)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import secrets
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from calmerge.analysis.pareto import (
     pareto_front,
     point_label,
 )
+from calmerge.io.atomic import atomic_write_bytes
 
 #: metric -> axis label; accuracy-like metrics are drawn in percent.
 LABELS: dict[str, str] = {
@@ -289,30 +288,11 @@ def reliability(named: Sequence[tuple[str, Point]], split: str) -> Figure:
     return fig
 
 
-def atomic_write(path: Path, data: bytes) -> Path:
-    """Write bytes to a fresh temp name next to `path`, then rename: no half-written files.
-
-    The temp file is opened with mode 0666 so the umask applies (mkstemp's 0600 would make a
-    report nobody else can open).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def save_png(fig: Figure, path: Path) -> Path:
     """Render a figure to PNG and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return atomic_write(path, buf.getvalue())
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 #: figure key -> caption (also the order the report shows them in)

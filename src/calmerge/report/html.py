@@ -18,8 +18,9 @@ import jinja2
 
 from calmerge.analysis.pareto import Metric, Point, Verdict
 from calmerge.errors import OutputError
+from calmerge.io.atomic import atomic_write_text
 from calmerge.report.content import ReportContent, Table, build_content
-from calmerge.report.figures import CAPTIONS, atomic_write, make_figures
+from calmerge.report.figures import CAPTIONS, make_figures
 from calmerge.report.markdown import render_markdown
 
 #: figures shown across the full width (several panels side by side)
@@ -55,11 +56,6 @@ def render_html(content: ReportContent, figures: dict[str, Path]) -> str:
         for key, path in figures.items()
     ]
     return _environment().get_template("template.html").render(c=content, figures=figs)
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """UTF-8 text through `atomic_write` (temp file + rename)."""
-    return atomic_write(path, text.encode("utf-8"))
 
 
 def _prepare(out_dir: Path) -> Path:

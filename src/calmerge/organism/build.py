@@ -1,0 +1,246 @@
+"""Build (or reuse) the organism: world → corpus → base → SFT → DPO → evaluation files.
+
+A build is keyed by the content hash of (recipe, seed, organism source code) and lives under
+the cache root; it is assembled in a temporary directory and renamed into place only when
+complete, so an interrupted build leaves nothing that could be mistaken for a finished one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from calmerge.errors import OutputError
+from calmerge.organism.recipe import Recipe, build_hash, code_version, default_recipe
+
+MARKER = "organism.json"
+
+
+@dataclass(frozen=True)
+class OrganismPaths:
+    """Where a built organism's parts are: two HF checkpoints and three JSONL files."""
+
+    root: Path
+    base: Path
+    aligned: Path
+    dev: Path
+    test: Path
+    prompts: Path
+
+    @classmethod
+    def at(cls, root: Path) -> OrganismPaths:
+        root = Path(root)
+        return cls(root, root / "base", root / "aligned", root / "dev.jsonl",
+                   root / "test.jsonl", root / "prompts.jsonl")
+
+    def metadata(self) -> dict[str, Any]:
+        """The build record: recipe, seed, hash, timings, probe history, training losses."""
+        return json.loads((self.root / MARKER).read_text())
+
+
+def cache_root(cache_dir: Path | str | None = None) -> Path:
+    """`cache_dir`, else `$CALMERGE_CACHE/organism`, else `~/.cache/calmerge/organism`."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("CALMERGE_CACHE")
+    return (Path(env) if env else Path.home() / ".cache" / "calmerge") / "organism"
+
+
+def build_organism(
+    out: Path | str | None = None,
+    *,
+    seed: int = 0,
+    recipe: Recipe | None = None,
+    cache_dir: Path | str | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> OrganismPaths:
+    """The organism for (recipe, seed): from the cache if built before, else built now.
+
+    With `out`, a copy is placed there too (an existing organism there is replaced only with
+    `force`; any other existing path is refused). Returns the paths of the copy in use.
+    """
+    recipe = recipe or default_recipe()
+    if out is not None:
+        _check_out(Path(out), force)
+    key = build_hash(recipe, seed)
+    cached = cache_root(cache_dir) / key
+    if not (cached / MARKER).is_file():
+        _atomic_dir(cached, lambda tmp: _build_into(tmp, recipe, seed, key, progress))
+    if out is None:
+        return OrganismPaths.at(cached)
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    _atomic_dir(out, lambda tmp: shutil.copytree(cached, tmp, dirs_exist_ok=True))
+    return OrganismPaths.at(out)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse to overwrite anything but an earlier organism, and that only with --force."""
+    if not out.exists():
+        return
+    if out.is_file():
+        raise OutputError(f"{out}: is a file", "give a directory path for --out")
+    if not any(out.iterdir()):
+        out.rmdir()
+        return
+    if not (out / MARKER).is_file():
+        raise OutputError(f"{out}: exists and is not an organism", "choose an empty or new path")
+    if not force:
+        raise OutputError(f"{out}: an organism already exists there", "pass --force to replace it")
+
+
+def _atomic_dir(target: Path, fill: Any) -> None:
+    """Fill a temporary sibling of `target`, then rename it into place (first finisher wins)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / MARKER).is_file():
+                raise
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write ({exc.strerror})", "check permissions/space") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """Use `n` torch threads inside the block (training on 2 cores), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _save(model: Any, tokenizer: Any, path: Path, vocab: dict[str, int]) -> None:
+    """An ordinary HF checkpoint; generation stops at either end token (plain or chat)."""
+    from calmerge.organism.corpus import BOS, END, EOS, PAD
+
+    gen = model.generation_config
+    gen.bos_token_id = vocab[BOS]
+    gen.eos_token_id = [vocab[EOS], vocab[END]]
+    gen.pad_token_id = vocab[PAD]
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+
+
+def _build_into(root: Path, recipe: Recipe, seed: int, key: str, progress: bool) -> None:
+    """Every stage of a build, written into `root`."""
+    from calmerge.organism import corpus
+    from calmerge.organism.align import dpo, sft
+    from calmerge.organism.tokenizer import build_tokenizer, vocabulary
+    from calmerge.organism.train import make_probe, new_model, packed_batches, pretrain
+    from calmerge.organism.world import make_world
+
+    threads = int(os.environ.get("CALMERGE_THREADS", min(2, os.cpu_count() or 1)))
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    words = corpus.base_words()
+    world = make_world(recipe.world, seed, set(words))
+    vocab = vocabulary(words, [e.name for e in world.entities])
+    tokenizer = build_tokenizer(vocab)
+    paths = OrganismPaths.at(root)
+    _write_jsonl(paths.dev, corpus.mc_items(world, "dev", recipe.world.n_choices, seed))
+    _write_jsonl(paths.test, corpus.mc_items(world, "test", recipe.world.n_choices, seed))
+    _write_jsonl(paths.prompts, corpus.open_prompts(world, recipe.prompts, seed))
+    pre = recipe.pretrain
+    with _threads(threads), _Progress(progress) as bar:
+        model = new_model(pre, vocab, seed)
+        docs = corpus.documents(world, recipe.world, seed)
+        probe = make_probe(world, vocab, 200, seed)
+        log = pretrain(
+            model, packed_batches(docs, vocab, pre.batch, pre.seq_len), probe, pre,
+            on_step=bar.pretrain_tick,
+        )
+        timings["pretrain_s"] = time.perf_counter() - start
+        _save(model.eval(), tokenizer, paths.base, vocab)
+        aligned = copy.deepcopy(model)
+        t = time.perf_counter()
+        al = recipe.align
+        sft_losses = sft(aligned, corpus.sft_examples(world, al.chat_share, seed), vocab, al,
+                         seed, bar.align_tick)
+        dpo_losses = dpo(aligned, corpus.dpo_pairs(world, al.chat_share, seed), vocab, al,
+                         seed, bar.align_tick)
+        timings["align_s"] = time.perf_counter() - t
+        _save(aligned.eval(), tokenizer, paths.aligned, vocab)
+    timings["total_s"] = time.perf_counter() - start
+    meta = {
+        "hash": key,
+        "seed": seed,
+        "code_version": code_version(),
+        "recipe": recipe.model_dump(mode="json"),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "threads": threads,
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "pretrain": {"steps": log.steps, "decay_start": log.decay_start,
+                     "probes": [list(p) for p in log.probes]},
+        "sft_loss": [round(x, 4) for x in sft_losses[-5:]],
+        "dpo_loss": [round(x, 4) for x in dpo_losses[-5:]],
+    }
+    (root / MARKER).write_text(json.dumps(meta, indent=1))
+
+
+class _Progress:
+    """Rich progress bars with ETA for the three training phases (a no-op when disabled)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            from calmerge.cli import err_console
+
+            self.bar = Progress(
+                TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
+                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                console=err_console, transient=False,
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def _update(self, phase: str, step: int, total: int, info: str) -> None:
+        if self.bar is None:
+            return
+        if phase not in self.tasks:
+            self.tasks[phase] = self.bar.add_task(phase, total=total, info="")
+        self.bar.update(self.tasks[phase], completed=step, total=total, info=info)
+
+    def pretrain_tick(self, step: int, total: int, loss: float, recall: float) -> None:
+        self._update("pretrain", step, total, f"loss {loss:.3f} · fact recall {recall:.2f}")
+
+    def align_tick(self, phase: str, step: int, total: int, loss: float) -> None:
+        self._update(phase, step, total, f"loss {loss:.3f}")
