@@ -224,3 +224,38 @@ def test_kill_9_during_merge_leaves_nothing_or_a_complete_model(bigger_pair, tmp
     subprocess.run(argv, env=ENV, check=True, capture_output=True)
     assert not [p for p in tmp_path.iterdir() if "calmerge-tmp" in p.name]
     assert "absent" in outcomes  # at least one kill landed mid-merge
+
+
+def _merge_argv(pair, out: Path) -> list[str]:
+    base, aligned = pair
+    return [sys.executable, "-m", "calmerge.cli", "merge", "--base", str(base), "--aligned",
+            str(aligned), "--lam", "0.6", "-o", str(out), "--max-shard-size", "2MB", "--quiet"]
+
+
+def _one_error_line(stderr: str) -> str:
+    lines = [x for x in stderr.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+def test_merge_onto_a_too_small_disk_is_refused_up_front(bigger_pair, small_disk):
+    out = small_disk / "merged"
+    proc = subprocess.run(_merge_argv(bigger_pair, out), env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "free" in _one_error_line(proc.stderr)
+    assert list(small_disk.iterdir()) == []
+
+
+def test_write_failure_mid_merge_is_one_line_and_leaves_nothing(bigger_pair, tmp_path):
+    """Files may not grow past 1 MB (RLIMIT_FSIZE): the write fails half-way through a shard."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    out = tmp_path / "merged"
+    proc = subprocess.run(_merge_argv(bigger_pair, out), env=ENV, capture_output=True, text=True,
+                          preexec_fn=limit)
+    assert proc.returncode == 2, proc.stderr
+    assert "writing failed" in _one_error_line(proc.stderr)
+    assert list(tmp_path.iterdir()) == []

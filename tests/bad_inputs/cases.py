@@ -340,6 +340,8 @@ def markdown() -> str:
         "  plan and the same numbers;",
         "- a full disk (a real 600 KB tmpfs) under the results store: one clear line, exit 2, every",
         "  finished point kept, the store intact;",
+        "- a merge onto a disk too small for it: refused before any work; a write that fails half-way",
+        "  through a shard (RLIMIT_FSIZE): one clear line, exit 2, nothing left behind;",
         "- same seed, same machine: identical per-item predictions on re-run.",
         "",
         "Safe by default: pickle checkpoints are refused without `--allow-pickle` (then loaded with",

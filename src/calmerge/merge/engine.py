@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calmerge.config import MergeConfig, load_merge_config
-from calmerge.errors import CalmergeError, CheckpointError, ConfigError, did_you_mean
+from calmerge.errors import CalmergeError, CheckpointError, ConfigError, OutputError, did_you_mean
 from calmerge.io import export
 from calmerge.io.checkpoint import (
     FLOAT_TAGS,
@@ -707,6 +707,14 @@ def run_merge(
         card = export.model_card(recipe(plan), base=config.base, extra=model_card_extra)
         (tmp / "README.md").write_text(card)
         export.commit_dir(tmp, out)
+    except OSError as exc:  # full disk, quota, file-size limit, I/O error while writing
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(
+            f"{out}: writing failed ({exc.strerror or exc}); nothing was written",
+            "free disk space or choose another output directory",
+        ) from None
     except BaseException:
         import shutil
 
