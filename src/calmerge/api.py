@@ -5,6 +5,7 @@ Sections, one per subsystem, mirror `cli.py`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,16 +312,24 @@ def write_results(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> str
     return text
 
 
-def report(
-    store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
-) -> tuple[Any, Any]:
-    """(Re)write the report of a run from the store alone: no model is loaded.
+@dataclass(frozen=True)
+class Analysis:
+    """A run's finished points and what they say: the verdict and the post-hoc baseline."""
+
+    db: Any
+    run: Any
+    points: list
+    verdict: Any
+    temperature_scaled: dict[str, Any] | None
+
+
+def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Analysis:
+    """Load a run from the store and judge it; no model is loaded.
 
     λ is picked on dev when the run has a dev split (reported on test); the temperature-scaling
     baseline is the aligned model's dev-fitted temperature applied to its test predictions.
     """
     from calmerge.analysis.pareto import verdict as make_verdict
-    from calmerge.report import write_report
     from calmerge.sweep.runner import load_points
 
     db = _open_store(store)
@@ -330,11 +339,10 @@ def report(
     if not points:
         raise StoreError(f"run {rec.id} has no finished points", "run or resume the sweep first")
     splits = {s for p in points for s in p.metrics}
-    select = "dev" if "dev" in splits else "test"
     ts = temperature_baseline(db, rec.id, n_boot=int(cfg.get("n_boot", 1000)))
     v = make_verdict(
         points,
-        select_split=select,
+        select_split="dev" if "dev" in splits else "test",
         report_split="test",
         rule=pick,
         objectives=tuple(cfg["objectives"]) if cfg.get("objectives") else None,
@@ -342,8 +350,19 @@ def report(
         n_boot=int(cfg.get("n_boot", 1000)),
         seed=int(cfg.get("seed", 0)),
     )
+    return Analysis(db, rec, points, v, ts)
+
+
+def report(
+    store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
+) -> tuple[Any, Any]:
+    """(Re)write the HTML/Markdown report of a run from the store alone."""
+    from calmerge.report import write_report
+
+    a = analyse(store, run, pick=pick)
+    cfg = a.run.config
     meta = {
-        "run": f"{rec.id} ({rec.config_hash})",
+        "run": f"{a.run.id} ({a.run.config_hash})",
         "base": str(cfg.get("base")),
         "aligned": str(cfg.get("aligned")),
         "test data": str(cfg.get("data")),
@@ -351,11 +370,16 @@ def report(
         "scoring": f"{cfg.get('mode')} · {cfg.get('prompt_format')} prompts · {cfg.get('dtype')}",
         "store": str(Path(store)),
     }
-    examples = example_tables(db, rec.id, v)
     paths = write_report(
-        points, v, Path(out), title=rec.name, meta=meta, temperature_scaled=ts, examples=examples
+        a.points,
+        a.verdict,
+        Path(out),
+        title=a.run.name,
+        meta=meta,
+        temperature_scaled=a.temperature_scaled,
+        examples=example_tables(a.db, a.run.id, a.verdict),
     )
-    return paths, v
+    return paths, a.verdict
 
 
 def example_tables(db: Any, run_id: int, verdict: Any, *, limit: int = 6) -> list[Any]:
@@ -451,18 +475,22 @@ def export(
     force: bool = False,
     max_shard_size: str = "5GB",
 ) -> tuple[Path, Any]:
-    """Write the picked merge of a run through the merge engine, metrics in its model card."""
-    from calmerge.analysis.pareto import pick as pick_point
-    from calmerge.merge.engine import merge_pair
-    from calmerge.sweep.runner import load_points
+    """Write the picked merge of a run through the merge engine; its model card carries the
+    measured metrics and the accuracy-vs-ECE and reliability figures."""
+    import tempfile
 
-    db = _open_store(store)
-    rec = db.run(run)
-    points = load_points(db, rec.id, with_correct=False)
-    splits = {s for p in points for s in p.metrics}
-    point = pick_point(points, pick, split="dev" if "dev" in splits else "test")
-    cfg = rec.config
-    card = model_card_metrics(point, rec, pick)
+    from calmerge.merge.engine import merge_pair
+    from calmerge.report.figures import make_figures
+
+    a = analyse(store, run, pick=pick)
+    point, cfg = a.verdict.pick, a.run.config
+    with tempfile.TemporaryDirectory(prefix="calmerge-card-") as tmp:
+        figs = make_figures(a.points, a.verdict, Path(tmp), a.temperature_scaled)
+        files = {
+            f"figures/{key}.png": figs[key].read_bytes()
+            for key in ("acc_vs_ece", "reliability")
+            if key in figs
+        }
     path = merge_pair(
         cfg["base"],
         cfg["aligned"],
@@ -471,7 +499,8 @@ def export(
         method=point.family,
         force=force,
         max_shard_size=max_shard_size,
-        model_card_extra=card,
+        model_card_extra=model_card_metrics(point, a.run, pick, a.verdict, list(files)),
+        extra_files=files,
         params=None
         if point.family in ("linear", "slerp")
         else {"density": cfg.get("density", 0.5), "seed": cfg.get("seed", 0)},
@@ -479,13 +508,17 @@ def export(
     return path, point
 
 
-def model_card_metrics(point: Any, rec: Any, pick: str) -> str:
-    """The model card's measured section: how the point was picked and its metrics per split."""
+def model_card_metrics(
+    point: Any, rec: Any, pick: str, verdict: Any, figures: Sequence[str] = ()
+) -> str:
+    """The model card's measured section: how the point was picked, the verdict, its metrics."""
     lines = [
         "## Measured by calmerge",
         "",
         f"Picked `{point.family}` λ={point.lam:g} by rule `{pick}` from sweep run {rec.id}"
         f" ({rec.name}).",
+        "",
+        *[f"- {s}" for s in verdict.sentences],
         "",
         "| split | metric | value | 95% interval |",
         "|---|---|---|---|",
@@ -494,6 +527,7 @@ def model_card_metrics(point: Any, rec: Any, pick: str) -> str:
         for name, m in sorted(ms.items()):
             interval = "" if m.lo != m.lo else f"{m.lo:.4f} – {m.hi:.4f}"
             lines.append(f"| {split} | {name} | {m.value:.4f} | {interval} |")
+    lines += ["", *[f"![{Path(f).stem}]({f})" for f in figures]]
     return "\n".join(lines) + "\n"
 
 

@@ -666,6 +666,7 @@ def run_merge(
     trust_remote_code: bool = False,
     device: str = "cpu",
     model_card_extra: str = "",
+    extra_files: dict[str, bytes] | None = None,
     quiet: bool = False,
     on_warning: Callable[[str], None] | None = None,
 ) -> MergeResult:
@@ -706,6 +707,9 @@ def run_merge(
         export.copy_tokenizer(tmp, tok, ref)
         card = export.model_card(recipe(plan), base=config.base, extra=model_card_extra)
         (tmp / "README.md").write_text(card)
+        for rel, data in (extra_files or {}).items():  # e.g. figures the model card shows
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_bytes(data)
         export.commit_dir(tmp, out)
     except OSError as exc:  # full disk, quota, file-size limit, I/O error while writing
         import shutil
@@ -802,6 +806,7 @@ def merge_pair(
     out_dtype: str | torch.dtype | None = None,
     force: bool = False,
     model_card_extra: str = "",
+    extra_files: dict[str, bytes] | None = None,
     max_shard_size: str | int = "5GB",
     params: dict[str, Any] | None = None,
     allow_pickle: bool = False,
@@ -825,6 +830,7 @@ def merge_pair(
         force=force,
         max_shard_size=max_shard_size,
         model_card_extra=model_card_extra,
+        extra_files=extra_files,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         quiet=quiet,

@@ -61,6 +61,7 @@ class PretrainRecipe(Frozen):
     layers: int = Field(4, ge=1)
     heads: int = Field(4, ge=1)
     ffn: int = Field(512, ge=8)
+    tie_embeddings: bool = True
     seq_len: int = Field(128, ge=32)
     batch: int = Field(16, ge=1)
     lr: float = Field(3e-3, gt=0)

@@ -35,7 +35,7 @@ def new_model(recipe: PretrainRecipe, vocab: dict[str, int], seed: int) -> Any:
         num_attention_heads=recipe.heads,
         num_key_value_heads=recipe.heads,
         max_position_embeddings=recipe.seq_len,
-        tie_word_embeddings=True,
+        tie_word_embeddings=recipe.tie_embeddings,
         bos_token_id=vocab[BOS],
         eos_token_id=vocab[EOS],
         pad_token_id=vocab[PAD],
