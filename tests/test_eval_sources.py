@@ -44,7 +44,8 @@ HELLASWAG = [
      "label": "1"},
 ]
 EXPECTED = {
-    "mmlu": [("2+2?", ("3", "4", "5", "6"), 1, "math"), ("Sky?", ("blue", "red", "grey"), 0, "nature")],
+    "mmlu": [("2+2?", ("3", "4", "5", "6"), 1, "math"),
+             ("Sky?", ("blue", "red", "grey"), 0, "nature")],
     "arc": [("Which is a metal?", ("wood", "iron", "glass"), 1, ""),
             ("Which is a gas?", ("air", "rock", "water", "ice"), 0, "")],
     "hellaswag": [("A man is on a roof. he", ("sings.", "tiles it.", "naps.", "falls."), 1, "")],
@@ -187,7 +188,8 @@ def test_refs_dispatch_and_files_still_load(tmp_path):
     assert load_items(path) == load_items(f"file:{path}") == load_items(f"file:{path}?split=dev")
     odd = write_jsonl(tmp_path / "hf:odd.jsonl", rows)  # an existing file wins over a scheme
     assert load_items(str(odd))[0].id == "a"
-    assert (source_of(path), source_of(f"hf:{path}"), source_of("lmeval:x")) == ("file", "hf", "lmeval")
+    sources = (source_of(path), source_of(f"hf:{path}"), source_of("lmeval:x"))
+    assert sources == ("file", "hf", "lmeval")
     assert native_template("lmeval:arc_easy") == "{question}"
     assert native_template(f"hf:{path}") is None and native_template(path) is None
 
@@ -196,7 +198,8 @@ def test_refs_dispatch_and_files_still_load(tmp_path):
         return [Item(body, "Q?", ("a", "b"), 0, split or "")]
 
     try:
-        assert load_items("calmerge_test_source:x1", split="s") == [Item("x1", "Q?", ("a", "b"), 0, "s")]
+        got = load_items("calmerge_test_source:x1", split="s")
+        assert got == [Item("x1", "Q?", ("a", "b"), 0, "s")]
         with pytest.raises(ValueError, match="registered twice"):
             data_source("calmerge_test_source")(_memory)
     finally:
@@ -263,12 +266,13 @@ TASKS = {
 
 @pytest.fixture(scope="module")
 def task_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("lmeval_tasks")
+    root = tmp_path_factory.mktemp("lmeval+tasks")  # "+" in a path option stays a "+"
     data = write_jsonl(root / "docs.jsonl", DOCS)
     for name, body in TASKS.items():
         (root / f"{name}.yaml").write_text(
             HEAD.format(name=name, data=data, output_type="multiple_choice") + body
         )
+    (root / "cm_group.yaml").write_text("group: cm_group\ntask:\n  - cm_bare\n  - cm_letters\n")
     (root / "cm_gen.yaml").write_text(
         HEAD.format(name="cm_gen", data=data, output_type="generate_until")
         + 'doc_to_text: "{{question}}"\ndoc_to_target: "{{choices[answer]}}"\n'
@@ -289,7 +293,8 @@ def lm_eval_requests(task_dir, name):
     """The requests lm-eval itself builds for a task (as simple_evaluate does: seed 1234)."""
     from lm_eval.tasks import TaskManager
 
-    task = TaskManager(include_path=str(task_dir), include_defaults=False).load([name])["tasks"][name]
+    manager = TaskManager(include_path=str(task_dir), include_defaults=False)
+    task = manager.load([name])["tasks"][name]
     task.set_fewshot_seed(seed=1234)
     task.build_all_requests(rank=0, world_size=1)
     by_doc: dict[int, list] = {}
@@ -359,12 +364,12 @@ def test_lmeval_splits_fewshot_and_yaml_paths(task_dir):
     assert by_path == load_items(f"lmeval:cm_bare?include_path={task_dir}")
     both = load_items(f"lmeval:cm_bare,cm_letters?include_path={task_dir}")
     assert {i.subject for i in both} == {"cm_bare", "cm_letters"} and len(both) == 2 * len(DOCS)
+    assert load_items(f"lmeval:cm_group?include_path={task_dir}") == both
 
 
 @pytest.mark.parametrize(
     "ref,message",
     [
-        ("lmeval:cm_bar?include_path={d}", r"no lm-eval task, group or tag 'cm_bar'.*did you mean"),
         ("lmeval:cm_gen?include_path={d}", r"task 'cm_gen' is generate_until, not multiple_choice"),
         ("lmeval:cm_winogrande?include_path={d}", r"puts the choices in the context"),
         ("lmeval:cm_tab?include_path={d}", r"\[cm_tab doc 0\]: target_delimiter '\\t' cannot be"),
@@ -382,3 +387,13 @@ def test_lmeval_bad_refs_are_one_line_errors(task_dir, ref, message):
     with pytest.raises(DataError) as exc:
         load_items(ref.format(d=task_dir))
     assert re.search(message, exc.value.one_line()) and "\n" not in exc.value.one_line()
+
+
+@pytest.mark.slow
+def test_lmeval_unknown_task_is_looked_up_in_the_builtin_index(task_dir):
+    """A name missing from include_path may be built in, so lm-eval's full index (~15 s) is read."""
+    pytest.importorskip("lm_eval")
+    with pytest.raises(DataError) as exc:
+        load_items(f"lmeval:arc_esy?include_path={task_dir}")
+    assert re.search(r"no lm-eval task, group or tag 'arc_esy'.*did you mean 'arc_easy'",
+                     exc.value.one_line())

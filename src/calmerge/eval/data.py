@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from calmerge.errors import DataError, did_you_mean
 
@@ -180,7 +180,10 @@ def items_digest(items: Sequence[Item]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-# ───────────────────────────── data references and the source registry ─────────────────────────────
+# ───────────────────────── data references and the source registry ─────────────────────────
+
+
+Loader = Callable[[str, str | None], list[Item]]  # (reference body, split) -> items
 
 
 @dataclass(frozen=True)
@@ -192,7 +195,7 @@ class DataSource:
     """
 
     name: str
-    load: Callable[[str, str | None], list[Item]]
+    load: Loader
     native_template: str | None = None
 
 
@@ -200,12 +203,10 @@ _SOURCES: dict[str, DataSource] = {}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9_]+):(.*)$", re.DOTALL)
 
 
-def data_source(
-    name: str, *, native_template: str | None = None
-) -> Callable[[Callable[[str, str | None], list[Item]]], Callable[[str, str | None], list[Item]]]:
+def data_source(name: str, *, native_template: str | None = None) -> Callable[[Loader], Loader]:
     """Register `fn(body, split) -> list[Item]` as the loader for references `name:body`."""
 
-    def register(fn: Callable[[str, str | None], list[Item]]) -> Callable[[str, str | None], list[Item]]:
+    def register(fn: Loader) -> Loader:
         if name in _SOURCES:
             raise ValueError(f"data source '{name}' is registered twice")
         _SOURCES[name] = DataSource(name, fn, native_template)
@@ -227,13 +228,20 @@ def parse_ref(ref: str | Path) -> tuple[str | None, str]:
     """
     text = str(ref)
     match = _SCHEME.match(text)
-    if match is None or Path(text).exists():
+    if match is None or _exists(text):
         return None, text
     name = match.group(1)
     if name in _SOURCES:
         return name, match.group(2)
     hint = did_you_mean(name, _SOURCES) or f"data sources: {', '.join(data_sources())}"
     raise DataError(f"{text}: no such file, and '{name}:' is not a data source", hint)
+
+
+def _exists(text: str) -> bool:
+    try:
+        return Path(text).exists()
+    except OSError:  # e.g. a long reference is not a legal file name
+        return False
 
 
 def source_of(ref: str | Path) -> str:
@@ -248,18 +256,23 @@ def native_template(ref: str | Path) -> str | None:
 
 
 def _split_query(body: str, ref: str, allowed: Sequence[str]) -> tuple[str, dict[str, str]]:
-    """`target?k=v&…` → (target, params); values are URL-decoded, unknown keys are errors."""
+    """`target?k=v&…` → (target, params); unknown keys are errors.
+
+    Values are %-decoded but a `+` stays a `+` (paths such as `/models/a+b` are common; a URL's
+    "+ means space" rule would corrupt them).
+    """
     target, _, query = body.partition("?")
     params: dict[str, str] = {}
-    for key, value in parse_qsl(query, keep_blank_values=True):
+    for pair in filter(None, query.split("&")):
+        key, eq, value = (unquote(x) for x in pair.partition("="))
+        if not eq or not key:
+            raise DataError(f"{ref}: cannot read option '{pair}'", "write ?key=value&key=value")
         if key not in allowed:
             hint = did_you_mean(key, allowed) or f"known keys: {', '.join(allowed)}"
             raise DataError(f"{ref}: unknown option '{key}'", hint)
         if key in params and params[key] != value:
             raise DataError(f"{ref}: option '{key}' given twice", "give each option once")
         params[key] = value
-    if query and not params:
-        raise DataError(f"{ref}: cannot read options '?{query}'", "write ?key=value&key=value")
     return target, params
 
 
@@ -291,7 +304,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _checked(entries: Sequence[tuple[str, Item]], ref: str) -> list[Item]:
-    """Reject duplicate ids and an empty result; `entries` pairs each item with where it came from."""
+    """Reject duplicate ids and an empty result; `entries` pair each item with its origin."""
     seen: dict[str, str] = {}
     for where, item in entries:
         if item.id in seen:
@@ -373,7 +386,7 @@ class _HfSpec:
 
 
 def _hf_spec(target: str, params: dict[str, str], split: str | None, ref: str) -> _HfSpec:
-    parts = target.split(":")
+    parts = re.split(r":(?![^\[]*\])", target)  # a slice such as test[:100] keeps its colon
     path, rest = parts[0], parts[1:]
     if not path:
         raise DataError(f"{ref}: no dataset named", "e.g. hf:cais/mmlu:abstract_algebra:test")
@@ -382,7 +395,8 @@ def _hf_spec(target: str, params: dict[str, str], split: str | None, ref: str) -
     if path in _HF_BUILDERS:
         if not rest or not rest[0]:
             raise DataError(
-                f"{ref}: the '{path}' builder needs data files", f"e.g. hf:{path}:/data/items.{path}"
+                f"{ref}: the '{path}' builder needs data files",
+                f"e.g. hf:{path}:/data/items.{path}",
             )
         builder, data_files, rest = path, str(Path(rest[0]).expanduser()), rest[1:]
         if not any(c in data_files for c in "*?[") and not Path(data_files).exists():
@@ -411,10 +425,12 @@ def _hf_spec(target: str, params: dict[str, str], split: str | None, ref: str) -
                     )
                 data_files = path
             else:
-                from_disk = (local / "dataset_dict.json").is_file() or (local / "state.json").is_file()
+                from_disk = any((local / f).is_file() for f in ("dataset_dict.json", "state.json"))
     if "config" in params:
         if config not in (None, params["config"]):
-            raise DataError(f"{ref}: conflicting configs {config}, {params['config']}", "name it once")
+            raise DataError(
+                f"{ref}: conflicting configs {config}, {params['config']}", "name it once"
+            )
         config = params["config"]
     return _HfSpec(path, config, _one_split(ref, ref_split, params.get("split"), split),
                    data_files, builder, from_disk)
@@ -507,7 +523,8 @@ def _hf_fields(columns: Sequence[str], params: dict[str, str], ref: str) -> dict
         "labels": check(params["labels"], "labels") if "labels" in params else None,
     }
     for key in ("id", "subject"):
-        fields[key] = check(params[key], key) if key in params else (key if key in columns else None)
+        default = key if key in columns else None
+        fields[key] = check(params[key], key) if key in params else default
     return fields
 
 
@@ -527,7 +544,7 @@ def _hf_choices(row: dict[str, Any], fields: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _hf_answer(raw: Any, choices: Any, labels: Any, where: str) -> Any:
-    """Answer as given, resolved through the choice labels (ARC's "1"-based keys) or the choice text."""
+    """The answer, resolved through choice labels (ARC's 1-based "1" keys) or a choice's text."""
     if labels is not None and raw is not None:
         keys = [str(label) for label in labels]
         if str(raw) in keys:
@@ -610,14 +627,17 @@ def _lmeval_tasks(names: list[str], include_path: str | None, ref: str) -> dict[
         if n not in manager.all_tasks:
             raise DataError(
                 f"{ref}: no lm-eval task, group or tag '{n}'",
-                did_you_mean(n, manager.all_tasks) or "see `lm_eval ls tasks`; local YAML: ?include_path=DIR",
+                did_you_mean(n, manager.all_tasks)
+                or "see `lm_eval ls tasks`; local YAML: ?include_path=DIR",
             )
     errors = (OSError, ValueError, KeyError, ImportError, yaml.YAMLError,
               datasets.exceptions.DatasetsError)
+    if not hasattr(manager, "load"):
+        raise DataError(f"{ref}: needs lm-eval >= 0.4.13 (TaskManager.load)", _LMEVAL_HINT)
     try:
         try:
             loaded = manager.load(names)["tasks"]
-        except KeyError:
+        except KeyError:  # a local group may name built-in tasks
             if not local_only:
                 raise
             loaded = _task_manager(include_path, True).load(names)["tasks"]
@@ -645,7 +665,9 @@ def _lmeval_docs(task: Any, split: str | None, name: str, ref: str) -> Any:
     if split == "fewshot":
         docs = task.fewshot_docs()
         if docs is None:
-            raise DataError(f"{ref}: task '{name}' has no few-shot docs", "use split=train or validation")
+            raise DataError(
+                f"{ref}: task '{name}' has no few-shot docs", "use split=train or validation"
+            )
         return docs
     role = aliases.get(split, split)
     if role not in roles:
@@ -695,12 +717,16 @@ def _lmeval_gold(gold: Any, choices: Sequence[str], where: str) -> int:
     """lm-eval's gold: an index, or a choice's text (a one-element list is unwrapped)."""
     if isinstance(gold, list):
         if len(gold) != 1:
-            raise DataError(f"{where}: {len(gold)} correct answers", "calmerge scores one gold choice")
+            raise DataError(
+                f"{where}: {len(gold)} correct answers", "calmerge scores one gold choice"
+            )
         gold = gold[0]
     if isinstance(gold, str):
         if gold in choices:
             return list(choices).index(gold)
-        raise DataError(f"{where}: target {gold!r} is not one of the choices", "check doc_to_target")
+        raise DataError(
+            f"{where}: target {gold!r} is not one of the choices", "check doc_to_target"
+        )
     if isinstance(gold, int) and not isinstance(gold, bool):
         return gold
     raise DataError(f"{where}: target {gold!r} is not an index or a choice", "check doc_to_target")
@@ -750,7 +776,9 @@ def _int_param(params: dict[str, str], key: str, ref: str) -> int | None:
         return None
     text = params[key].strip()
     if not text.isdigit():
-        raise DataError(f"{ref}: ?{key}={params[key]} is not a non-negative integer", f"e.g. ?{key}=5")
+        raise DataError(
+            f"{ref}: ?{key}={params[key]} is not a non-negative integer", f"e.g. ?{key}=5"
+        )
     return int(text)
 
 

@@ -152,7 +152,7 @@ def _build_into(root: Path, recipe: Recipe, seed: int, key: str, progress: bool)
     from calmerge.organism import corpus
     from calmerge.organism.align import dpo, sft
     from calmerge.organism.tokenizer import build_tokenizer, vocabulary
-    from calmerge.organism.train import make_probe, new_model, packed_batches, pretrain
+    from calmerge.organism.train import doc_batches, make_probe, new_model, pretrain
     from calmerge.organism.world import make_world
 
     threads = int(os.environ.get("CALMERGE_THREADS", min(2, os.cpu_count() or 1)))
@@ -172,7 +172,7 @@ def _build_into(root: Path, recipe: Recipe, seed: int, key: str, progress: bool)
         docs = corpus.documents(world, recipe.world, seed)
         probe = make_probe(world, vocab, 200, seed)
         log = pretrain(
-            model, packed_batches(docs, vocab, pre.batch, pre.seq_len), probe, pre,
+            model, doc_batches(docs, vocab, pre.batch, pre.seq_len), probe, pre,
             on_step=bar.pretrain_tick,
         )
         timings["pretrain_s"] = time.perf_counter() - start

@@ -202,6 +202,12 @@ class Sweep:
 
         cfg = self.cfg
         fewshot = self.items["dev"][: cfg.fewshot] if cfg.fewshot and "dev" in self.items else []
+        if fewshot:  # the examples shown in the prompt are not also scored
+            self.items["dev"] = self.items["dev"][cfg.fewshot :]
+            if not self.items["dev"]:
+                raise ConfigError(
+                    f"--fewshot {cfg.fewshot} uses every dev item", "use fewer few-shot examples"
+                )
         scorers = {}
         for split, items in self.items.items():
             scorer = Scorer(
