@@ -123,17 +123,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--points", type=int, default=11)
     ap.add_argument("--limit", type=int, default=300)
+    ap.add_argument("--base", type=Path, help="base model (default: the built-in organism's)")
+    ap.add_argument("--aligned", type=Path, help="aligned model")
+    ap.add_argument("--data", type=Path, help="multiple-choice JSONL (default: organism test)")
     args = ap.parse_args()
-    from calmerge.organism import build_organism
+    if args.base and args.aligned and args.data:
+        base, aligned, test = args.base.resolve(), args.aligned.resolve(), args.data.resolve()
+    else:
+        from calmerge.organism import build_organism
 
-    org = build_organism(progress=False)
+        org = build_organism(progress=False)
+        base, aligned, test = org.base, org.aligned, org.test
     lams = [round(i / (args.points - 1), 6) for i in range(args.points)]
     with tempfile.TemporaryDirectory(prefix="calmerge-bench-") as tmp:
         work = Path(tmp)
-        data = lm_eval_task(work, Path(org.test), args.limit)
-        ours_wall, ours_rss, ours = calmerge_sweep(work, org.base, org.aligned, data, lams)
-        floor_rss = model_floor(org.aligned, data)
-        peer_wall, peer_rss, peer = pipeline(work, org.base, org.aligned, lams)
+        data = lm_eval_task(work, Path(test), args.limit)
+        ours_wall, ours_rss, ours = calmerge_sweep(work, base, aligned, data, lams)
+        floor_rss = model_floor(aligned, data)
+        peer_wall, peer_rss, peer = pipeline(work, base, aligned, lams)
     worst = max(abs(ours[x] - peer[x]) for x in lams)
     print(f"points: {len(lams)}  items: {args.limit}")
     print(f"{'λ':>6} {'calmerge acc':>13} {'mergekit+lm_eval acc':>21}")

@@ -123,7 +123,7 @@ def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
     import time
 
     from calmerge.eval.calibration import compute_metrics, reliability_bins
-    from calmerge.eval.data import load_items, load_prompts
+    from calmerge.eval.data import load_items, load_prompts, native_template
     from calmerge.eval.loading import load_model
     from calmerge.eval.score import Scorer
 
@@ -135,7 +135,7 @@ def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
         cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
     )
     scorer = Scorer(
-        tokenizer, items, mode=cfg.mode, template=cfg.prompt_template,
+        tokenizer, items, mode=cfg.mode, template=cfg.prompt_template or native_template(cfg.data),
         prompt_format=cfg.prompt_format, fewshot=fewshot, batch_size=cfg.batch_size,
     )
     scorer.check_context(getattr(model.config, "max_position_embeddings", None))

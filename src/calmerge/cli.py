@@ -180,7 +180,7 @@ _EVAL_ROWS = (
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Model directory or hub id (offline cache).")],
-    data: Annotated[Path, typer.Option("--data", help="Multiple-choice items (.jsonl/.csv).")],
+    data: Annotated[str, typer.Option("--data", help="Items: JSONL/CSV, hf:… or lmeval:…")],
     prompts: Annotated[
         Path | None, typer.Option("--prompts", help="Open-ended prompts for diversity.")
     ] = None,
@@ -251,8 +251,8 @@ def sweep_cmd(
     config: Annotated[Path | None, typer.Argument(help="YAML sweep config (flags override it).")] = None,
     base: Annotated[str | None, typer.Option(help="Pre-alignment model (dir or hub id).")] = None,
     aligned: Annotated[str | None, typer.Option(help="Aligned model (dir or hub id).")] = None,
-    data: Annotated[str | None, typer.Option(help="Test multiple-choice items (JSONL/CSV).")] = None,
-    dev: Annotated[str | None, typer.Option(help="Dev items: λ is chosen here.")] = None,
+    data: Annotated[str | None, typer.Option(help="Test items: JSONL/CSV, hf:… or lmeval:…")] = None,
+    dev: Annotated[str | None, typer.Option(help="Dev items (same forms as --data): λ is chosen here.")] = None,
     prompts: Annotated[str | None, typer.Option(help="Open-ended prompts (JSONL) for diversity.")] = None,
     grid: Annotated[str | None, typer.Option(help="λ grid: '0,0.5,1' or '0:1:0.1'.")] = None,
     no_extrapolate: Annotated[bool, typer.Option("--no-extrapolate", help="Drop λ>1 points.")] = False,

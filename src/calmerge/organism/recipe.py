@@ -25,13 +25,13 @@ class WorldRecipe(Frozen):
     """
 
     values_per_attribute: int = Field(8, ge=4, le=8)
-    dev_entities: int = Field(80, ge=2)
-    test_entities: int = Field(80, ge=2)
-    align_entities: int = Field(100, ge=2)
-    tier_common: float = Field(0.5, ge=0, le=1)
+    dev_entities: int = Field(76, ge=2)
+    test_entities: int = Field(76, ge=2)
+    align_entities: int = Field(40, ge=2)
+    tier_common: float = Field(0.4, ge=0, le=1)
     tier_rare: float = Field(0.2, ge=0, le=1)
     p_ambiguous: float = Field(0.4, ge=0, le=1)
-    rare_weight: float = Field(0.02, gt=0, le=1)
+    rare_weight: float = Field(0.05, gt=0, le=1)
     fact_free_share: float = Field(0.1, ge=0, lt=1)
     statement_share: float = Field(0.4, ge=0, le=1)
     exam_share: float = Field(0.3, ge=0, le=1)
@@ -63,15 +63,15 @@ class PretrainRecipe(Frozen):
     ffn: int = Field(512, ge=8)
     tie_embeddings: bool = True
     seq_len: int = Field(128, ge=32)
-    batch: int = Field(16, ge=1)
+    batch: int = Field(128, ge=1)
     lr: float = Field(3e-3, gt=0)
     min_lr_frac: float = Field(0.05, ge=0, le=1)
     weight_decay: float = Field(0.01, ge=0)
     warmup: int = Field(100, ge=0)
     max_steps: int = Field(3000, ge=1)
     probe_every: int = Field(100, ge=1)
-    probe_threshold: float = Field(0.9, ge=0, le=1)
-    decay_min: int = Field(600, ge=0)
+    probe_threshold: float = Field(0.85, ge=0, le=1)
+    decay_min: int = Field(300, ge=0)
     decay_frac: float = Field(0.5, ge=0)
 
     @model_validator(mode="after")
@@ -112,7 +112,7 @@ def tiny_recipe() -> Recipe:
     return Recipe(
         world=WorldRecipe(dev_entities=6, test_entities=6, align_entities=10, rare_weight=0.2),
         pretrain=PretrainRecipe(
-            hidden=32, layers=1, heads=2, ffn=64, seq_len=64, batch=8, lr=1e-2, warmup=10,
+            hidden=32, layers=1, heads=2, ffn=64, seq_len=64, batch=32, lr=1e-2, warmup=10,
             max_steps=150, probe_every=25, probe_threshold=0.5, decay_min=20,
         ),
         align=AlignRecipe(sft_epochs=2, dpo_epochs=3, dpo_lr=2e-3, batch=16),

@@ -155,7 +155,7 @@ class Sweep:
     """
 
     def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
-        from calmerge.eval.data import load_items, load_prompts
+        from calmerge.eval.data import items_digest, load_items, load_prompts, source_of
         from calmerge.eval.loading import load_tokenizer
         from calmerge.io.checkpoint import open_checkpoint, validate_pair
 
@@ -176,7 +176,10 @@ class Sweep:
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
         self._tokenizer = load_tokenizer(cfg.aligned, trust_remote_code=cfg.trust_remote_code)
         self._scorers = self._build_scorers()
-        digests = {split: file_digest(path) for split, path in paths.items()}
+        digests = {
+            split: file_digest(path) if source_of(path) == "file" else items_digest(self.items[split])
+            for split, path in paths.items()
+        }
         if cfg.prompts:
             digests["prompts"] = file_digest(cfg.prompts)
         fingerprints = {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
@@ -198,6 +201,7 @@ class Sweep:
 
     def _build_scorers(self) -> dict[str, Any]:
         """Tokenise every split once; prompts too long for the model fail here, before any work."""
+        from calmerge.eval.data import native_template
         from calmerge.eval.score import Scorer
 
         cfg = self.cfg
@@ -214,7 +218,7 @@ class Sweep:
                 self._tokenizer,
                 items,
                 mode=cfg.mode,
-                template=cfg.prompt_template,
+                template=cfg.prompt_template or native_template(cfg.data),
                 prompt_format=cfg.prompt_format,
                 fewshot=fewshot,
                 batch_size=cfg.batch_size,
