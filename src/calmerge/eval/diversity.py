@@ -99,7 +99,11 @@ def pairwise_cosine_distance(embeddings: np.ndarray) -> float:
 def embedding_distance(samples: list[list[str]]) -> float:
     """Mean over prompts of the mean pairwise cosine distance of its samples' embeddings."""
     flat = [s for group in samples for s in group]
-    vecs = _embedder().encode(flat, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+    # aligned models repeat themselves: encode each distinct text once (same numbers, less work)
+    unique = list(dict.fromkeys(flat))
+    enc = _embedder().encode(unique, batch_size=64, convert_to_numpy=True, show_progress_bar=False)
+    row = {text: i for i, text in enumerate(unique)}
+    vecs = enc[[row[text] for text in flat]]
     out, start = [], 0
     for group in samples:
         out.append(pairwise_cosine_distance(vecs[start : start + len(group)]))

@@ -277,6 +277,7 @@ class Sweep:
                 max_new_tokens=cfg.max_new_tokens,
                 seed=cfg.seed,
                 chat=cfg.prompt_format == "chat",
+                batch_size=64,  # prompts per generate call: fewer, wider calls are much faster
             )
             div = diversity_metrics(samples, embed=cfg.embed_diversity)
             metrics["gen"] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
