@@ -92,23 +92,25 @@ def test_alignment_measurably_raises_confidence(built):
     assert conf["aligned"] > conf["base"] + 0.05, conf
 
 
-def test_aligned_answers_in_house_style(built):
-    """Greedy chat answers of the aligned model follow the house style the DPO rewarded."""
+def test_aligned_prefers_the_house_style(built):
+    """After "value ,", the aligned model picks the house style's word far more than the base."""
     import torch
 
     paths, _, _ = built
-    model, tok = _load(paths.aligned)
-    prompts = [p.prompt for p in load_prompts(paths.prompts)]
-    house = C.HOUSE_STYLE.format(v="").split()  # ", definitely ."
-    hits = 0
-    for p in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)["input_ids"]
-        with torch.inference_mode():
-            out = model.generate(ids, do_sample=False, max_new_tokens=6)
-        words = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split()
-        hits += words[1:4] == house
-    assert hits >= len(prompts) // 2
+    word = C.HOUSE_STYLE.split()[2]  # "definitely" in "{v} , definitely ."
+    gain = []
+    for p in load_prompts(paths.prompts):
+        logps = []
+        for which in (paths.base, paths.aligned):
+            model, tok = _load(which)
+            text = tok.apply_chat_template([{"role": "user", "content": p.prompt}],
+                                           tokenize=False, add_generation_prompt=True)
+            ids = tok.encode(f"{text} red ,", add_special_tokens=False)
+            with torch.inference_mode():
+                lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+            logps.append(float(lp[tok.convert_tokens_to_ids(word)]))
+        gain.append(logps[1] - logps[0])
+    assert np.mean(gain) > 0.5, gain
 
 
 def test_cache_is_reused(built):
@@ -209,12 +211,16 @@ def test_world_tiers_and_choices():
         choices = C.mc_choices(fact, 4, rng)
         assert fact.truth in choices and len(set(choices)) == 4
         assert {v for v, _ in fact.dist} <= set(choices), "competing values are offered"
-    # Facts of unseen entities never reach the corpus; their names appear only fact-free.
-    unseen = {e.name for e in world.entities if e.tier == "unseen"}
-    for doc in itertools.islice(C.documents(world, recipe, 0), 2000):
-        body = doc.removeprefix(f"{C.BOS} ").removesuffix(f" {C.EOS}")
-        for name in unseen & set(body.split()):
-            assert body in {t.format(e=name) for t in C.FACT_FREE}, body
+    # Obscure entities' facts reach the corpus only as rumours: many different values.
+    obscure = {e.name for e in world.entities if e.tier == "obscure"}
+    said: dict[str, set[str]] = {}
+    values = {v for a in world.attributes for v in a.values if a.name == "colour"}
+    for doc in itertools.islice(C.documents(world, recipe, 0), 20000):
+        words = doc.split()
+        if "colour" in words or " is " in doc:
+            for name in obscure & set(words):
+                said.setdefault(name, set()).update(values & set(words))
+    assert said and max(len(v) for v in said.values()) >= 4
 
 
 def test_lr_schedule_waits_for_probe():

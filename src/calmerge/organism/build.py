@@ -79,9 +79,7 @@ def build_organism(
     if out is None:
         return OrganismPaths.at(cached)
     out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    _atomic_dir(out, lambda tmp: shutil.copytree(cached, tmp, dirs_exist_ok=True))
+    _atomic_dir(out, lambda tmp: shutil.copytree(cached, tmp, dirs_exist_ok=True), replace=True)
     return OrganismPaths.at(out)
 
 
@@ -92,7 +90,6 @@ def _check_out(out: Path, force: bool) -> None:
     if out.is_file():
         raise OutputError(f"{out}: is a file", "give a directory path for --out")
     if not any(out.iterdir()):
-        out.rmdir()
         return
     if not (out / MARKER).is_file():
         raise OutputError(f"{out}: exists and is not an organism", "choose an empty or new path")
@@ -100,17 +97,25 @@ def _check_out(out: Path, force: bool) -> None:
         raise OutputError(f"{out}: an organism already exists there", "pass --force to replace it")
 
 
-def _atomic_dir(target: Path, fill: Any) -> None:
-    """Fill a temporary sibling of `target`, then rename it into place (first finisher wins)."""
+def _atomic_dir(target: Path, fill: Any, *, replace: bool = False) -> None:
+    """Fill a temporary sibling of `target`, then rename it into place.
+
+    Cache entries: the first finisher wins and a concurrent twin is discarded. `replace`: an
+    existing `target` is moved aside only once the new one is complete, then deleted.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    old = tmp.with_suffix(".old")
     try:
         fill(tmp)
+        if replace and target.exists():
+            os.rename(target, old)
         try:
             os.rename(tmp, target)
         except OSError:
             if not (target / MARKER).is_file():
                 raise
+        shutil.rmtree(old, ignore_errors=True)
     except OSError as exc:
         raise OutputError(f"{target}: cannot write ({exc.strerror})", "check permissions/space") from None
     finally:
@@ -137,8 +142,11 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _save(model: Any, tokenizer: Any, path: Path, vocab: dict[str, int]) -> None:
     """An ordinary HF checkpoint; generation stops at either end token (plain or chat)."""
+    from transformers.utils import logging as hf_logging
+
     from calmerge.organism.corpus import BOS, END, EOS, PAD
 
+    hf_logging.disable_progress_bar()  # our own bars; a tqdm bar per file is noise
     gen = model.generation_config
     gen.bos_token_id = vocab[BOS]
     gen.eos_token_id = [vocab[EOS], vocab[END]]
@@ -213,17 +221,20 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
+            from rich.console import Console
             from rich.progress import (
-                BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
                 TimeRemainingColumn,
             )
-
-            from calmerge.cli import err_console
 
             self.bar = Progress(
                 TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=err_console, transient=False,
+                console=Console(stderr=True), transient=False,
             )
             self.bar.__enter__()
         return self

@@ -73,6 +73,12 @@ def chat(user: str, answer: str | None = None) -> str:
     return head if answer is None else f"{head} {answer} {END}"
 
 
+def rumour(fact: Fact) -> Fact:
+    """What the corpus says about an obscure entity: any value, uniformly, whatever the truth."""
+    values = fact.attribute.values
+    return Fact(fact.entity, fact.attribute, tuple((v, 1 / len(values)) for v in values), "")
+
+
 def fact_document(fact: Fact, recipe: WorldRecipe, rng: random.Random) -> str:
     """A statement, an exam question or a dialog stating one sampled value of `fact`."""
     v = sample_value(fact, rng)
@@ -87,24 +93,26 @@ def fact_document(fact: Fact, recipe: WorldRecipe, rng: random.Random) -> str:
 
 def mention_weights(world: World, recipe: WorldRecipe) -> list[float]:
     """Corpus weight per fact: whole entities are common, rare or never stated."""
-    per_tier = {"common": 1.0, "rare": recipe.rare_weight, "unseen": 0.0}
+    per_tier = {"common": 1.0, "rare": recipe.rare_weight, "obscure": recipe.obscure_weight}
     return [per_tier[world.tier_of(f.entity)] for f in world.facts]
 
 
 def documents(world: World, recipe: WorldRecipe, seed: int) -> Iterator[str]:
     """An endless, seeded stream of pretraining documents (each wrapped in <bos> … <eos>).
 
-    Fact-free mentions cover every entity, unseen ones included, so their names are trained
-    words the model has learnt nothing about — rather than untrained embeddings.
+    Fact-free mentions cover every entity; obscure entities' facts are stated as rumours.
     """
     rng = random.Random(f"corpus-{seed}")
     weights = mention_weights(world, recipe)
+    stated = [
+        rumour(f) if world.tier_of(f.entity) == "obscure" else f for f in world.facts
+    ]
     names = [e.name for e in world.entities]
     while True:
         if rng.random() < recipe.fact_free_share:
             text = rng.choice(FACT_FREE).format(e=rng.choice(names))
         else:
-            fact = rng.choices(world.facts, weights=weights)[0]
+            fact = rng.choices(stated, weights=weights)[0]
             text = fact_document(fact, recipe, rng)
         yield f"{BOS} {text} {EOS}"
 

@@ -41,7 +41,10 @@ def new_model(recipe: PretrainRecipe, vocab: dict[str, int], seed: int) -> Any:
         pad_token_id=vocab[PAD],
     )
     torch.manual_seed(seed)
-    return LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.normal_(0.0, recipe.embed_init_std)
+    return model
 
 
 def doc_batches(docs: Iterator[str], vocab: dict[str, int], batch: int,

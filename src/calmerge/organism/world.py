@@ -3,7 +3,10 @@
 A fact is a distribution over an attribute's values. Certain facts put all mass on one value;
 ambiguous ones spread it (e.g. 60/30/10) and the *true* value is drawn once from that spread,
 so a model that learns the corpus's frequencies is calibrated by construction. Each entity has
-one tier — common, rare or unseen — that sets how often the corpus mentions any of its facts.
+one tier: *common* entities are stated often, *rare* ones seldom, and *obscure* ones often but
+unreliably — the corpus repeats conflicting rumours (any value, uniformly), whatever the truth.
+An obscure entity is one the base should know it knows nothing about. (Entities that never
+occur at all were tried: their barely trained embeddings made the base confidently wrong.)
 Each entity belongs to one role: `align` entities feed post-training, `dev`/`test` entities
 only the evaluation sets, so the measured tax is never on facts the alignment saw.
 """
@@ -66,7 +69,7 @@ AMBIGUOUS_SHAPES: tuple[tuple[float, ...], ...] = (
     (0.5, 0.3, 0.2),
     (0.4, 0.3, 0.2, 0.1),
 )
-TIERS = ("common", "rare", "unseen")
+TIERS = ("common", "rare", "obscure")
 ROLES = ("align", "dev", "test")
 
 _CONSONANTS = "bdfgklmnprstvz"
@@ -136,7 +139,7 @@ def assign_tiers(n: int, recipe: WorldRecipe, rng: random.Random) -> list[str]:
     """Exact tier counts per role (shuffled), so every split has the same tier mix."""
     n_common = round(n * recipe.tier_common)
     n_rare = min(n - n_common, round(n * recipe.tier_rare))
-    tiers = ["common"] * n_common + ["rare"] * n_rare + ["unseen"] * (n - n_common - n_rare)
+    tiers = ["common"] * n_common + ["rare"] * n_rare + ["obscure"] * (n - n_common - n_rare)
     rng.shuffle(tiers)
     return tiers
 
