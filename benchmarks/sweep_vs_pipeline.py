@@ -138,11 +138,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="calmerge-bench-") as tmp:
         work = Path(tmp)
         data = lm_eval_task(work, Path(test), args.limit)
+        n_items = sum(1 for line in data.read_text().splitlines() if line.strip())
         ours_wall, ours_rss, ours = calmerge_sweep(work, base, aligned, data, lams)
         floor_rss = model_floor(aligned, data)
         peer_wall, peer_rss, peer = pipeline(work, base, aligned, lams)
     worst = max(abs(ours[x] - peer[x]) for x in lams)
-    print(f"points: {len(lams)}  items: {args.limit}")
+    print(f"points: {len(lams)}  items: {n_items}")
     print(f"{'λ':>6} {'calmerge acc':>13} {'mergekit+lm_eval acc':>21}")
     for x in lams:
         print(f"{x:>6g} {ours[x]:>13.4f} {peer[x]:>21.4f}")

@@ -330,12 +330,9 @@ class _maybe_progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        from calmerge.progress import progress_bar
 
-        self._bar = Progress(
-            TextColumn("scoring"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-            TimeRemainingColumn(), transient=True,
-        )
+        self._bar = progress_bar(transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("scoring", total=self.total)
         return lambda: self._bar.advance(task)

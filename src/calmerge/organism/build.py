@@ -221,21 +221,11 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import TextColumn
 
-            self.bar = Progress(
-                TextColumn("{task.description:<9}"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-                console=Console(stderr=True), transient=False,
-            )
+            from calmerge.progress import progress_bar
+
+            self.bar = progress_bar("{task.description:<9}", TextColumn("{task.fields[info]}"))
             self.bar.__enter__()
         return self
 

@@ -391,23 +391,9 @@ class PointBar:
 
     def __enter__(self) -> PointBar:
         if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from calmerge.progress import progress_bar
 
-            self._progress = Progress(
-                TextColumn("[bold]sweep[/] {task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-            )
+            self._progress = progress_bar("[bold]sweep[/] {task.description}")
             self._progress.__enter__()
             self._task = self._progress.add_task("", total=0)
         return self
