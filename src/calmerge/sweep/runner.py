@@ -24,8 +24,6 @@ from calmerge.config import SweepConfig
 from calmerge.errors import ConfigError, StoreError
 from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
 
-SPLITS_ORDER = ("dev", "test")
-
 
 def file_digest(path: str | Path) -> str:
     """sha256 of a data file's bytes: a run is tied to the data it saw, not to its path."""
@@ -69,21 +67,11 @@ def refine_lambdas(
 
 
 @dataclass
-class SplitData:
-    name: str
-    items: list[Any]
-    scorer: Any
-
-
-@dataclass
 class SweepOutcome:
     run: RunRecord
     store_path: Path
     computed: list[tuple[str, float]] = field(default_factory=list)
     skipped: list[tuple[str, float]] = field(default_factory=list)
-
-
-ProgressHook = Callable[[str, int], None]
 
 
 def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str, str]) -> dict:
