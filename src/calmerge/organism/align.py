@@ -84,14 +84,21 @@ def sft(model: Any, examples: Sequence[Example], vocab: dict[str, int], recipe: 
         _linear_lr(opt, recipe.sft_lr, step, len(plan))
         ids, attn, resp = pad_pairs([data[i] for i in idx], vocab[PAD])
         loss = -response_logps(model, ids, attn, resp).sum() / resp.sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_optimizer_step(model, opt, loss))
         if tick is not None:
             tick("SFT", step + 1, len(plan), losses[-1])
     return losses
+
+
+def _optimizer_step(model: Any, opt: Any, loss: Any) -> float:
+    """One clipped AdamW step on `loss` (shared by SFT and DPO); returns the loss value."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    return float(loss.detach())
 
 
 def dpo_loss(pol_c: Any, pol_r: Any, ref_c: Any, ref_r: Any, beta: float) -> Any:
@@ -129,11 +136,7 @@ def dpo(model: Any, pairs: Sequence[Example], vocab: dict[str, int], recipe: Ali
         pol = response_logps(model, ids, attn, resp)
         n = len(idx)
         loss = dpo_loss(pol[:n], pol[n:], ref[:n], ref[n:], recipe.dpo_beta)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(float(loss.detach()))
+        losses.append(_optimizer_step(model, opt, loss))
         if tick is not None:
             tick("DPO", step + 1, len(plan), losses[-1])
     model.eval()
