@@ -1,5 +1,6 @@
-"""The numpy linear kernels against the torch method (`methods._linear`) bit for bit, and the
-engine's kernel path against its torch path on whole tiny checkpoints."""
+"""Both linear kernels (the C extension and the numpy fallback) against the torch method
+(`methods._linear`) bit for bit, and the engine's kernel path against its torch path on whole
+tiny checkpoints."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import torch
 from tiny import make_model
 
 from calmerge.merge import engine
-from calmerge.merge.kernels import LinearKernel, significant_bits
+from calmerge.merge.kernels import LinearKernel
 from calmerge.merge.methods import _linear
+from calmerge.merge.numpy_kernel import significant_bits
 
 TAGS = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
@@ -31,6 +33,7 @@ def _inputs(n: int, dtypes: list[torch.dtype], seed: int, scale: float = 0.02):
         x[:40] = 0.0
         x[40:80] = -0.0
         x[80:90] = 3e-39  # fp32 subnormals (tiny products)
+        x[90:100] = -1.4e-45  # products that underflow: fma gives −0, not +0
         out.append(x.to(dt))
     return out
 
@@ -48,14 +51,26 @@ CASES = [
 ]
 
 
+BACKENDS = pytest.mark.parametrize("native", [True, False], ids=["C", "numpy"])
+
+
+def test_c_kernel_is_built():
+    """The install builds the C kernel wherever a compiler exists (as here and in CI)."""
+    from calmerge.merge import kernels
+
+    assert kernels._fastlinear is not None, "calmerge.merge._fastlinear was not built"
+    assert LinearKernel(8).native
+
+
+@BACKENDS
 @pytest.mark.parametrize(("weights", "normalize", "dtypes", "compute", "out_dtype"), CASES)
-def test_kernel_is_bitwise_the_torch_linear(weights, normalize, dtypes, compute, out_dtype):
+def test_kernel_is_bitwise_the_torch_linear(native, weights, normalize, dtypes, compute, out_dtype):
     n = 70_001
     xs = _inputs(n, dtypes, seed=len(weights) + int(normalize))
     cd = compute or xs[0].dtype
     ref = _linear([x.to(cd) for x in xs], weights, normalize).to(cd).to(out_dtype)
     out = np.empty(n * out_dtype.itemsize, np.uint8)
-    status = LinearKernel(n).run(
+    status = LinearKernel(n, native=native).run(
         [_raw(x) for x in xs], [TAGS[x.dtype] for x in xs], weights, normalize, TAGS[cd], out,
         TAGS[out_dtype],
     )
@@ -63,10 +78,11 @@ def test_kernel_is_bitwise_the_torch_linear(weights, normalize, dtypes, compute,
     assert np.array_equal(out, _raw(ref))
 
 
-def test_kernel_reports_overflow_and_nan():
+@BACKENDS
+def test_kernel_reports_overflow_and_nan(native):
     big = torch.full((64,), 3e38)
     out = np.empty(64 * 4, np.uint8)  # room for fp32
-    kernel = LinearKernel(64)
+    kernel = LinearKernel(64, native=native)
     assert kernel.run([_raw(big), _raw(big)], ["F32", "F32"], [2.0, 0.5], False, "F32", out,
                       "F32") == "nonfinite"
     # weights summing to 0 with normalize: 0/0 — the engine hands such tensors to torch
@@ -98,19 +114,23 @@ def _bytes(directory: Path) -> dict[str, bytes]:
 
 @pytest.mark.parametrize(("aligned", "lam", "out_dtype"), [
     ("a", 0.5, None), ("a", 0.6, None), ("a", 1.3, "float16"), ("ext", 0.6, "bfloat16"),
+    ("ext", 0.6, "float32"),
 ])
-def test_engine_kernel_path_equals_torch_path(models, tmp_path, aligned, lam, out_dtype):
+def test_engine_kernel_paths_equal_torch_path(models, tmp_path, aligned, lam, out_dtype):
     cfg = engine.pair_config(models["base"], models[aligned], lam, out_dtype=out_dtype)
     plan = engine.plan_merge(cfg)
     assert engine.kernel_ok(plan)
-    outs = []
-    for kernels in (True, False):
-        d = tmp_path / f"k{kernels}"
+    outs = {}
+    for kernels, native in ((False, None), (True, True), (True, False)):
+        d = tmp_path / f"k{kernels}{native}"
         d.mkdir()
-        engine.execute(plan, d, max_shard_size=200_000, quiet=True, kernels=kernels)
-        outs.append(_bytes(d))
-    assert len(outs[0]) > 1
-    assert outs[0] == outs[1]
+        engine.execute(plan, d, max_shard_size=200_000, quiet=True, kernels=kernels,
+                       native=native)
+        outs[kernels, native] = _bytes(d)
+    torch_out = outs.pop((False, None))
+    assert len(torch_out) > 1
+    assert outs[True, True] == torch_out
+    assert outs[True, False] == torch_out
 
 
 def test_engine_kernel_path_names_a_nonfinite_input(models, tmp_path):
@@ -140,3 +160,34 @@ def test_linear_merge_does_not_import_torch(models, tmp_path):
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@BACKENDS
+@pytest.mark.parametrize("out_tag", ["F16", "BF16"])
+def test_narrowing_matches_numpy_and_torch_over_the_whole_range(native, out_tag):
+    """fp32 → fp16/bf16 on random bit patterns of every exponent (subnormals, rounding ties at
+    the overflow edge, ±inf) and every finite fp16/bf16 pattern back to fp32."""
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 0x7F800000, 200_000, dtype=np.uint32)
+    bits[:2000] = rng.integers(0x33000000, 0x38800000, 2000)  # fp16 subnormal range
+    bits[2000:2100] = 0x477FF000 + np.arange(-50, 50)  # around 65520 (fp16 overflow tie)
+    bits[2100:2200] = 0x7F7FFF00 + np.arange(100)  # bf16 overflow to inf
+    bits[::2] |= 0x80000000
+    x = bits.view(np.float32) + np.float32(0)  # fma(x, 1, +0) turns −0 into +0
+    kernel = LinearKernel(len(x), native=native)
+    out = np.empty(len(x) * 2, np.uint8)
+    assert kernel.run([x.view(np.uint8)], ["F32"], [1.0], False, "F32", out, out_tag) in (
+        "ok", "nonfinite"
+    )
+    dt = torch.float16 if out_tag == "F16" else torch.bfloat16
+    assert np.array_equal(out, _raw(torch.from_numpy(x).to(dt)))
+    # every finite pattern of the narrow type, widened back (exact)
+    small = np.arange(0x10000, dtype=np.uint16)
+    finite = torch.from_numpy(small.view(np.int16)).view(dt).float().isfinite().numpy()
+    small = small[finite]
+    wide = np.empty(len(small) * 4, np.uint8)
+    assert LinearKernel(len(small), native=native).run(
+        [small.view(np.uint8)], [out_tag], [1.0], False, "F32", wide, "F32"
+    ) == "ok"
+    expect = torch.from_numpy(small.view(np.int16)).view(dt).float() + 0.0
+    assert np.array_equal(wide, _raw(expect))

@@ -7,9 +7,10 @@ one is merged, and a writer thread puts results at their final offsets in pre-si
 Resident memory is a few tensors (the prefetch window), not the model.
 
 The weighted-average methods (linear, soup) on safetensors in fp32/bf16/fp16 take a faster
-road: numpy kernels (`merge/kernels.py`, bit-identical to the torch functions) run in a few
-threads over fixed-size blocks read with preadv into reused buffers and written with pwrite, and
-torch is never imported — its import alone costs more time and memory than merging a 200M model.
+road: kernels (`merge/kernels.py`: C, or numpy without a compiler; bit-identical to the torch
+functions) run in a few threads over fixed-size blocks read with preadv into reused buffers and
+written with pwrite, and torch is never imported — its import alone costs more time and memory
+than merging a 200M model.
 """
 
 from __future__ import annotations
@@ -443,7 +444,7 @@ def _kernel_inputs(plan: MergePlan, job: Job) -> tuple[list[int], list[float], b
 
 
 def kernel_ok(plan: MergePlan, device: str = "cpu") -> bool:
-    """Whether the numpy kernels can run this merge; everything else takes the torch path."""
+    """Whether the kernels (merge/kernels.py) can run this merge; else it takes the torch path."""
     from calmerge.merge.kernels import KERNEL_TAGS
 
     if device != "cpu" or plan.method.name not in _KERNEL_METHODS:
@@ -503,21 +504,25 @@ def _nonfinite(ckpt: Checkpoint, name: str) -> CheckpointError:
 class _KernelWorker:
     """One thread's kernel and buffers; merges blocks until the queue is empty."""
 
-    def __init__(self, plan: MergePlan, writer: export.ShardedWriter, fds: dict[Path, int]):
-        import numpy as np
-
+    def __init__(
+        self,
+        plan: MergePlan,
+        writer: export.ShardedWriter,
+        fds: dict[Path, int],
+        native: bool | None = None,
+    ):
         from calmerge.merge.kernels import LinearKernel
 
         self.plan, self.writer, self.fds = plan, writer, fds
-        self.kernel = LinearKernel(_KERNEL_BLOCK)
-        self.bufs = [np.empty(_KERNEL_BLOCK * 4, np.uint8) for _ in plan.inputs]
-        self.out = np.empty(_KERNEL_BLOCK * 4, np.uint8)
+        self.kernel = LinearKernel(_KERNEL_BLOCK, native=native)
+        self.bufs = [self.kernel.buffer(_KERNEL_BLOCK * 4) for _ in plan.inputs]
+        self.out = self.kernel.buffer(_KERNEL_BLOCK * 4)
 
     def _read(self, i: int, name: str, start: int, stop: int):
         info = self.plan.inputs[i].info(name)
         size = info.nbytes // max(1, self.plan.inputs[i].numel(name))
         raw = self.bufs[i][: (stop - start) * size]
-        pread_into(self.fds[info.file], info.start + start * size, memoryview(raw), info.file)
+        pread_into(self.fds[info.file], info.start + start * size, raw, info.file)
         return raw
 
     def run(self, block: _Block) -> tuple[int, bool]:
@@ -550,9 +555,12 @@ class _KernelWorker:
 
 
 def _run_kernels(
-    plan: MergePlan, writer: export.ShardedWriter, advance: Callable[[int], None]
+    plan: MergePlan,
+    writer: export.ShardedWriter,
+    advance: Callable[[int], None],
+    native: bool | None = None,
 ) -> list[Job]:
-    """Merge every tensor with the numpy kernels in a few threads; return jobs torch must redo.
+    """Merge every tensor with the kernels in a few threads; return jobs torch must redo.
 
     Each thread takes the next block (a few hundred thousand elements), preads its slice of
     every input, merges it and pwrites the result at its final offset: reads, arithmetic and
@@ -567,7 +575,7 @@ def _run_kernels(
 
     def work() -> None:
         try:
-            worker = _KernelWorker(plan, writer, fds)
+            worker = _KernelWorker(plan, writer, fds, native)
             while True:
                 with lock:
                     block = None if errors else next(blocks, None)
@@ -617,10 +625,12 @@ def execute(
     device: str = "cpu",
     quiet: bool = False,
     kernels: bool = True,
+    native: bool | None = None,
 ) -> None:
     """Stream every job through the method into sharded safetensors in `directory`.
 
-    `kernels=False` forces the torch path even where the numpy kernels apply (for tests).
+    For tests: `kernels=False` forces the torch path even where the kernels apply; `native`
+    picks the C kernel (True) or the numpy one (False) instead of the best available.
     """
     specs = [j.spec for j in plan.jobs]
     writer = export.ShardedWriter(directory, specs, max_shard_size)
@@ -632,7 +642,7 @@ def execute(
                 progress.advance(task, nbytes)
 
             if kernels and kernel_ok(plan, device):
-                redo = _run_kernels(plan, writer, advance)
+                redo = _run_kernels(plan, writer, advance, native)
                 if redo:
                     _run_torch(plan, redo, writer, device, lambda nbytes: None)
             else:
