@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from calmerge.errors import ConfigError, did_you_mean
@@ -18,11 +17,15 @@ from calmerge.errors import ConfigError, did_you_mean
 class Frozen(BaseModel):
     """Base for all configs: immutable, unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: a model's validator is built on first use, so the CLI start-up pays only
+    # for the configs its command needs
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML mapping, with a clear error for missing/malformed files."""
+    import yaml
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found", "check the path")

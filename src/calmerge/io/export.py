@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from calmerge.errors import ConfigError, OutputError
 from calmerge.io.checkpoint import (
     SAFE_INDEX,
@@ -303,6 +301,8 @@ def copy_tokenizer(tmp: Path, tokenizer_source: Checkpoint, chat_source: Checkpo
 
 def model_card(recipe: dict[str, Any], *, base: str | None, extra: str = "") -> str:
     """README.md: front matter for the hub, the recipe as YAML, and optional extra Markdown."""
+    import yaml
+
     front = {"library_name": "transformers", "tags": ["merge", "calmerge"]}
     if base:
         front["base_model"] = base

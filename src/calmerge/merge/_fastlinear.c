@@ -107,23 +107,25 @@ typedef struct {
 #define INLINE static inline
 #endif
 
-/* acc += x·w with one rounding (fmaf), per input dtype; `rnd` rounds x through the compute
+/* acc += x·w with one rounding (fmaf), per input dtype (the first input starts from +0); `rnd` rounds x through the compute
  * dtype first (inputs of another dtype than the compute one). */
 INLINE void accumulate(float *restrict acc, const Job *job, int i, Py_ssize_t s, Py_ssize_t m) {
+    const int first = i == 0; /* fma(x, w, +0): the tile needs no zeroing pass */
     const float w = job->weight[i];
     const int tag = job->tag[i];
     if (job->compute != T_F32 && job->compute != tag) {
         for (Py_ssize_t j = 0; j < m; j++)
-            acc[j] = fmaf(round_through(job->compute, load(tag, job->in[i], s + j)), w, acc[j]);
+            acc[j] = fmaf(round_through(job->compute, load(tag, job->in[i], s + j)), w,
+                          first ? 0.0f : acc[j]);
     } else if (tag == T_BF16) {
         const uint16_t *restrict p = (const uint16_t *)job->in[i] + s;
-        for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(bf16_to_f32(p[j]), w, acc[j]);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(bf16_to_f32(p[j]), w, first ? 0.0f : acc[j]);
     } else if (tag == T_F16) {
         const uint16_t *restrict p = (const uint16_t *)job->in[i] + s;
-        for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(f16_to_f32(p[j]), w, acc[j]);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(f16_to_f32(p[j]), w, first ? 0.0f : acc[j]);
     } else {
         const float *restrict p = (const float *)job->in[i] + s;
-        for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(p[j], w, acc[j]);
+        for (Py_ssize_t j = 0; j < m; j++) acc[j] = fmaf(p[j], w, first ? 0.0f : acc[j]);
     }
 }
 
@@ -160,7 +162,6 @@ INLINE int linear_tiles(const Job *job) {
     uint32_t worst = 0;
     for (Py_ssize_t s = 0; s < job->n; s += CHUNK) {
         Py_ssize_t m = job->n - s < CHUNK ? job->n - s : CHUNK;
-        for (Py_ssize_t j = 0; j < m; j++) acc[j] = 0.0f;
         for (int i = 0; i < job->n_in; i++) accumulate(acc, job, i, s, m);
         if (job->scale != 1.0f) /* a power-of-two divisor: x·(1/d) is x/d exactly */
             for (Py_ssize_t j = 0; j < m; j++) acc[j] = acc[j] * job->scale;

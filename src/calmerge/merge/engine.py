@@ -22,7 +22,6 @@ import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,6 +50,8 @@ from calmerge.merge.methods import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     import torch
 
 #: compute / output dtypes a merge accepts, by name → safetensors tag.
@@ -395,6 +396,8 @@ def _run_torch(
     advance: Callable[[int], None],
 ) -> None:
     """The general path: whole tensors through the torch method, reads prefetched in threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
     reads = ThreadPoolExecutor(max(2, len(plan.inputs)), thread_name_prefix="calmerge-read")
     writes = ThreadPoolExecutor(1, thread_name_prefix="calmerge-write")
     pending: deque[tuple[Job, list[Future]]] = deque()
