@@ -12,7 +12,7 @@ from typing import Any
 
 from calmerge.config import SweepConfig
 from calmerge.errors import ConfigError, OutputError, StoreError
-from calmerge.io.atomic import atomic_write, atomic_write_text
+from calmerge.io.atomic import atomic_write_text
 
 # ───────────────────────────── merge engine ─────────────────────────────
 # Heavy modules (torch) are imported inside the functions so `import calmerge.api` stays cheap.
@@ -160,7 +160,11 @@ def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
     )
     if out_json is not None:
         _write_eval_json(report, cfg, prompts, out_json)
-        _write_reliability_png(reliability, metrics, out_png, title=Path(cfg.model).name)
+        from calmerge.report.figures import reliability_one, save_png
+
+        ece = metrics["ece"]
+        title = f"{Path(cfg.model).name}: ECE {ece.value:.3f} [{ece.lo:.3f}, {ece.hi:.3f}]"
+        save_png(reliability_one(reliability, title), out_png)
         report = EvalReport(**{**report.__dict__, "output": out_json, "diagram": out_png})
     return report
 
@@ -185,35 +189,6 @@ def _write_eval_json(report: EvalReport, cfg: Any, prompts: list, path: Path) ->
         "seconds": report.seconds,
     }
     atomic_write_text(path, json.dumps(payload, indent=1))
-
-
-def _write_reliability_png(bins: list[dict], metrics: dict, path: Path, title: str) -> None:
-    """Reliability diagram: accuracy per confidence bin against the diagonal, counts below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    width = bins[0]["hi"] - bins[0]["lo"]
-    mids = [(b["lo"] + b["hi"]) / 2 for b in bins]
-    fig, (ax, axc) = plt.subplots(
-        2, 1, figsize=(4.5, 5.5), gridspec_kw={"height_ratios": [3, 1]}, sharex=True
-    )
-    acc = [b["accuracy"] if b["count"] else 0.0 for b in bins]
-    ax.bar(mids, acc, width=width * 0.95, color="#4C72B0", edgecolor="k", label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
-    ax.set_ylabel("accuracy")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ece = metrics["ece"]
-    ax.set_title(f"{title}: ECE {ece.value:.3f} [{ece.lo:.3f}, {ece.hi:.3f}]", fontsize=9)
-    ax.legend(loc="upper left", fontsize=8)
-    axc.bar(mids, [b["count"] for b in bins], width=width * 0.95, color="#999999")
-    axc.set_xlabel("confidence")
-    axc.set_ylabel("items")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 # ───────────────────────────── sweep ─────────────────────────────

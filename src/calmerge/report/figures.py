@@ -230,61 +230,54 @@ def acc_vs_ece(
     return fig
 
 
+def _draw_reliability(ax, bins: Sequence[dict], title: str) -> None:
+    """One reliability diagram on `ax`: accuracy per confidence bin, its gap to the diagonal,
+    and the share of items per bin."""
+    bins = [b for b in bins if b.get("count", 0) > 0]
+    ax.plot([0, 1], [0, 1], color="#888888", lw=1, ls="--")
+    if bins:
+        lo = np.array([b["lo"] for b in bins], dtype=float)
+        hi = np.array([b["hi"] for b in bins], dtype=float)
+        acc = np.array([b["accuracy"] for b in bins], dtype=float)
+        conf = np.array([b["confidence"] for b in bins], dtype=float)
+        count = np.array([b["count"] for b in bins], dtype=float)
+        ax.bar(lo, acc, width=hi - lo, align="edge", color="#1f77b4", alpha=0.75,
+               edgecolor="white", label="accuracy")
+        ax.bar(lo, conf - acc, bottom=acc, width=hi - lo, align="edge", color="#d62728",
+               alpha=0.25, edgecolor="none", label="gap")
+        ax.bar(lo, 0.12 * count / count.max(), width=hi - lo, align="edge", color="#333333",
+               alpha=0.35, label="share of items")
+    else:
+        ax.text(0.5, 0.5, "no per-item results", ha="center", va="center", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_aspect("equal")
+
+
 def reliability(named: Sequence[tuple[str, Point]], split: str) -> Figure:
     """Reliability diagrams side by side: accuracy per confidence bin against the diagonal."""
     fig = _new_figure(3.3 * len(named), 3.5)
     axes = fig.subplots(1, len(named), squeeze=False, sharey=True)[0]
     for ax, (name, p) in zip(axes, named, strict=True):
-        bins = [b for b in p.reliability.get(split, []) if b.get("count", 0) > 0]
-        ax.plot([0, 1], [0, 1], color="#888888", lw=1, ls="--")
-        if bins:
-            lo = np.array([b["lo"] for b in bins], dtype=float)
-            hi = np.array([b["hi"] for b in bins], dtype=float)
-            acc = np.array([b["accuracy"] for b in bins], dtype=float)
-            conf = np.array([b["confidence"] for b in bins], dtype=float)
-            count = np.array([b["count"] for b in bins], dtype=float)
-            ax.bar(
-                lo,
-                acc,
-                width=hi - lo,
-                align="edge",
-                color="#1f77b4",
-                alpha=0.75,
-                edgecolor="white",
-                label="accuracy",
-            )
-            ax.bar(
-                lo,
-                conf - acc,
-                bottom=acc,
-                width=hi - lo,
-                align="edge",
-                color="#d62728",
-                alpha=0.25,
-                edgecolor="none",
-                label="gap",
-            )
-            ax.bar(
-                lo,
-                0.12 * count / count.max(),
-                width=hi - lo,
-                align="edge",
-                color="#333333",
-                alpha=0.35,
-                label="share of items",
-            )
-        else:
-            ax.text(0.5, 0.5, "no per-item results", ha="center", va="center", fontsize=8)
         e = metric_of(p, "ece", split)
         ece = f", ECE {e.value:.3f}" if e is not None and not math.isnan(e.value) else ""
-        ax.set_title(f"{name} ({point_label(p)}){ece}", fontsize=9)
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("confidence")
-        ax.set_aspect("equal")
+        _draw_reliability(ax, p.reliability.get(split, []), f"{name} ({point_label(p)}){ece}")
     axes[0].set_ylabel("accuracy")
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=7, frameon=False, loc="upper left")
+    return fig
+
+
+def reliability_one(bins: Sequence[dict], title: str) -> Figure:
+    """The reliability diagram of one evaluated model (`calmerge eval`)."""
+    fig = _new_figure(3.8, 3.9)
+    ax = fig.subplots()
+    _draw_reliability(ax, bins, title)
+    ax.set_ylabel("accuracy")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
     return fig
 
 
