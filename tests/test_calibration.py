@@ -138,3 +138,35 @@ def test_compute_metrics_values_and_intervals():
     assert again == ms
     point = cal.compute_metrics(res, n_boot=0)
     assert point["nll"].lo == point["nll"].value == point["nll"].hi
+
+
+def _view_for(n: int, seed: int, ties: bool):
+    _, probs, labels = random_probs(n, 4, seed)
+    if ties:  # whole questions repeated: equal confidences with equal correctness
+        probs = np.concatenate([probs, probs[: n // 3]])
+        labels = np.concatenate([labels, labels[: n // 3]])
+    pred = probs.argmax(1)
+    return {
+        "correct": (pred == labels).astype(np.float64),
+        "correct_norm": (pred == labels).astype(np.float64),
+        "confidence": probs.max(1),
+        "probs": probs,
+        "answer": labels.astype(np.int64),
+    }
+
+
+@pytest.mark.parametrize(("n", "seed", "ties"), [(300, 0, False), (40, 1, True), (7, 2, False),
+                                                  (3, 3, True)])
+@pytest.mark.parametrize("name", sorted(cal.METRIC_ROWS))
+def test_batched_bootstrap_metrics_equal_the_per_replicate_loop(name, n, seed, ties):
+    """Each metric's replicate-batched form (used for bootstrap intervals) gives, replicate by
+    replicate, what the plain metric gives on that resample."""
+    v = _view_for(n, seed, ties)
+    m = len(v["correct"])
+    draws = np.random.default_rng(seed).integers(0, m, size=(60 if name == "smece" else 400, m))
+    batched = cal.METRIC_ROWS[name](v, cal.Resamples(draws), 10)
+    loop = np.array([cal.METRICS[name]({k: a[d] for k, a in v.items()}, 10) for d in draws])
+    assert batched.shape == loop.shape
+    np.testing.assert_allclose(batched, loop, rtol=1e-9, atol=1e-12, equal_nan=True)
+    if name == "auroc":
+        assert np.isnan(loop).any() == (n <= 7)  # tiny resamples can be all right or all wrong

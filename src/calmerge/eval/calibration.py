@@ -110,39 +110,96 @@ def auroc(confidences: Any, correct: Any) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _grid_values(f: np.ndarray, v: np.ndarray, points: int) -> np.ndarray:
-    """Spread each value linearly onto its two neighbouring points of a uniform grid on [0, 1]."""
-    values = np.zeros(points)
-    pos = f * (points - 1)
-    bins = pos.astype(np.int64).clip(0, points - 2)
-    frac = pos - bins
-    np.add.at(values, bins, (1 - frac) * v)
-    np.add.at(values, bins + 1, frac * v)
-    return values
+def _grid_points(sigma: np.ndarray) -> np.ndarray:
+    """Points of the uniform [0, 1] grid the values are spread on, per bandwidth."""
+    return np.maximum(2000, np.round(20 / sigma).astype(np.int64)) // 2 + 1
 
 
-def _reflected_smooth(f: np.ndarray, v: np.ndarray, t: np.ndarray, sigma: float) -> np.ndarray:
-    """Σ_i v_i·K_σ(t − f_i) with a Gaussian reflected at 0 and 1, evaluated at `t`."""
+def _reflected_smooth(f: np.ndarray, v: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """Σ_i v_i·K_σ(g − f_i) on a grid g of [0, 1], with a Gaussian reflected at 0 and 1.
+
+    Batched: `f` is (R, n), `v` is (R, m, n) (m value rows per row of `f`), `sigma` is (R,), and
+    all rows share one grid size. Each value is spread linearly onto its two neighbouring grid
+    points; every row is convolved with its kernel in one FFT call. Returns (R, m, points).
+    """
     from scipy.signal import fftconvolve
 
-    points = max(2000, round(20 / sigma)) // 2 + 1
-    values = _grid_values(f, v, points)
+    rows, m = v.shape[:2]
+    points = int(_grid_points(sigma[:1])[0])
+    pos = f * (points - 1)
+    bins = np.broadcast_to(pos.astype(np.int64).clip(0, points - 2)[:, None, :], v.shape)
+    frac = np.broadcast_to((pos - pos.astype(np.int64).clip(0, points - 2))[:, None, :], v.shape)
+    offset = (np.arange(rows * m) * points).reshape(rows, m, 1)  # one bincount for all rows
+    size = rows * m * points
+    values = np.bincount((bins + offset).ravel(), ((1 - frac) * v).ravel(), size)
+    values += np.bincount((bins + 1 + offset).ravel(), (frac * v).ravel(), size)
+    values = values.reshape(rows, m, points)
     grid = np.linspace(0.0, 1.0, points)
-    kernel = np.exp(-((grid - 0.5) ** 2) / (2 * sigma**2)) / (np.sqrt(2 * np.pi) * sigma)
-    extended = np.concatenate([values[::-1][:-1], values, values[::-1][1:]])
-    smoothed = fftconvolve(extended, kernel, mode="valid")[points // 2 : points // 2 + points]
-    idx = (t * (points - 1)).astype(np.int64).clip(0, points - 2)
-    frac = (t - idx / (points - 1)) * (points - 1)
-    return smoothed[idx] * (1 - frac) + smoothed[idx + 1] * frac
+    s = sigma[:, None, None]
+    kernel = np.exp(-((grid - 0.5) ** 2) / (2 * s**2)) / (np.sqrt(2 * np.pi) * s)
+    flipped = values[..., ::-1]
+    # reflected at both ends, cropped to the 2·points − 1 samples the `points` outputs reach
+    half = points // 2
+    extended = np.concatenate(
+        [flipped[..., half : points - 1], values, flipped[..., 1 : 1 + half]], axis=2
+    )
+    return fftconvolve(extended, kernel, mode="valid", axes=2)
+
+
+def smooth_ece_batch(confidences: Any, correct: Any, sigma: Any) -> np.ndarray:
+    """smECE at a fixed bandwidth for each row of (B, n) confidences/outcomes, σ of shape (B,):
+    the kernel-smoothed |E[conf − y | conf]| weighted by the smoothed density, read on a grid t
+    of max(10/σ, 200) points."""
+    f = np.atleast_2d(np.asarray(confidences, dtype=np.float64))
+    y = np.atleast_2d(np.asarray(correct, dtype=np.float64))
+    sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (len(f),))
+    out = np.empty(len(f))
+    points = _grid_points(sigma)
+    for size in np.unique(points):  # rows sharing a grid size share one FFT call
+        rows = np.flatnonzero(points == size)
+        fr = f[rows]
+        smoothed = _reflected_smooth(fr, np.stack([fr - y[rows], np.ones_like(fr)], axis=1),
+                                     sigma[rows])
+        lengths = np.maximum(np.round(10 / sigma[rows]).astype(np.int64), 200)
+        row = np.repeat(np.arange(len(rows)), lengths)  # every row's t grid, end to end
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        t = (np.arange(len(row)) - first) / (lengths[row] - 1)
+        idx = (t * (size - 1)).astype(np.int64).clip(0, size - 2)
+        frac = (t - idx / (size - 1)) * (size - 1)
+        at = smoothed[row, :, idx] * (1 - frac)[:, None] + smoothed[row, :, idx + 1] * frac[:, None]
+        residual, density = at[:, 0], at[:, 1] + 1e-4
+        num = np.bincount(row, np.abs(residual / density) * density, len(rows))
+        out[rows] = num / np.bincount(row, density, len(rows))
+    return out
 
 
 def smooth_ece_at(confidences: Any, correct: Any, sigma: float) -> float:
     """smECE at a fixed bandwidth: kernel-smoothed |E[conf − y | conf]| weighted by density."""
-    f, y = _as_float(confidences), _as_float(correct)
-    t = np.linspace(0.0, 1.0, max(round(10 / sigma), 200))
-    residual = _reflected_smooth(f, f - y, t, sigma)
-    density = _reflected_smooth(f, np.ones_like(f), t, sigma) + 1e-4
-    return float(np.sum(np.abs(residual / density) * density) / np.sum(density))
+    return float(smooth_ece_batch(_as_float(confidences), _as_float(correct), sigma)[0])
+
+
+def smooth_ece_rows(confidences: Any, correct: Any, eps: float = 1e-3) -> np.ndarray:
+    """smECE with the self-consistent bandwidth σ* (σ = smECE_σ) for each row of (B, n) arrays,
+    found by 10 bisection steps run side by side for all rows (bootstrap replicates)."""
+    f = np.atleast_2d(np.asarray(confidences, dtype=np.float64))
+    y = np.atleast_2d(np.asarray(correct, dtype=np.float64))
+
+    def wide_enough(sigma: np.ndarray) -> np.ndarray:
+        return (sigma < eps) | (sigma < smooth_ece_batch(f, y, sigma))
+
+    hi, lo = np.ones(len(f)), np.zeros(len(f))
+    search = ~wide_enough(hi)
+    if search.any():
+        fs, ys, h, low = f[search], y[search], hi[search], lo[search]
+        for _ in range(10):
+            mid = (h + low) / 2
+            ok = mid < eps
+            if (~ok).any():  # a bandwidth below eps counts as wide enough, uncomputed
+                ok[~ok] = mid[~ok] < smooth_ece_batch(fs[~ok], ys[~ok], mid[~ok])
+            low = np.where(ok, mid, low)
+            h = np.where(ok, h, mid)
+        hi[search] = h
+    return smooth_ece_batch(f, y, hi)
 
 
 def smooth_ece(confidences: Any, correct: Any, eps: float = 1e-3) -> float:
@@ -150,19 +207,7 @@ def smooth_ece(confidences: Any, correct: Any, eps: float = 1e-3) -> float:
 
     Unlike binned ECE it has no bin-edge artefacts and is consistent (Błasiok & Nakkiran 2023).
     """
-
-    def wide_enough(sigma: float) -> bool:
-        return sigma < eps or sigma < smooth_ece_at(confidences, correct, sigma)
-
-    hi, lo = 1.0, 0.0
-    if not wide_enough(hi):
-        for _ in range(10):
-            mid = (hi + lo) / 2
-            if wide_enough(mid):
-                lo = mid
-            else:
-                hi = mid
-    return smooth_ece_at(confidences, correct, hi)
+    return float(smooth_ece_rows(_as_float(confidences)[None], _as_float(correct)[None], eps)[0])
 
 
 def reliability_bins(confidences: Any, correct: Any, n_bins: int = 10) -> list[dict[str, float]]:
@@ -262,10 +307,36 @@ class Metric:
         return {"value": self.value, "lo": self.lo, "hi": self.hi}
 
 
+class Resamples:
+    """B bootstrap resamples of n items: `draws` (B, n) item indices and, derived, `counts`
+    (B, n) multiplicities, so a metric can be computed for all replicates at once."""
+
+    def __init__(self, draws: np.ndarray) -> None:
+        self.draws = draws
+        self.n = draws.shape[1]
+        rows = np.arange(len(draws))[:, None] * self.n
+        self.counts = np.bincount((draws + rows).ravel(), minlength=draws.size).reshape(
+            draws.shape
+        ).astype(np.float64)
+
+    def mean(self, per_item: np.ndarray) -> np.ndarray:
+        """The mean of a per-item quantity in every replicate."""
+        return self.counts @ per_item / self.n
+
+    def binned(self, bins: np.ndarray, n_bins: int, *values: np.ndarray) -> list[np.ndarray]:
+        """Per replicate and bin (B, n_bins): item counts, then the sums of each of `values`."""
+        onehot = np.zeros((self.n, n_bins))
+        onehot[np.arange(self.n), bins] = 1.0
+        return [self.counts @ onehot] + [self.counts @ (onehot * v[:, None]) for v in values]
+
+
 MetricFn = Callable[[dict[str, np.ndarray], int], float]
+RowsFn = Callable[[dict[str, np.ndarray], Resamples, int], np.ndarray]
 METRICS: dict[str, MetricFn] = {}
+#: the same metric for every bootstrap replicate at once (tested equal to METRICS on each)
+METRIC_ROWS: dict[str, RowsFn] = {}
 HIGHER_IS_BETTER: dict[str, bool] = {}
-# smECE costs ~ms per call; its bootstrap is capped at this many replicates.
+# smECE costs ~ms per replicate even side by side; its bootstrap uses this many replicates.
 EXPENSIVE_BOOT_CAP = 100
 _EXPENSIVE = {"smece"}
 
@@ -281,9 +352,42 @@ def metric(name: str, higher_is_better: bool) -> Callable[[MetricFn], MetricFn]:
     return deco
 
 
+def metric_rows(name: str) -> Callable[[RowsFn], RowsFn]:
+    """Register the replicate-batched form of metric `name`: `fn(view, resamples, n_bins)`."""
+
+    def deco(fn: RowsFn) -> RowsFn:
+        METRIC_ROWS[name] = fn
+        return fn
+
+    return deco
+
+
+def _item_brier(v: dict[str, np.ndarray]) -> np.ndarray:
+    p = v["probs"]
+    onehot = np.zeros_like(p)
+    onehot[np.arange(len(p)), v["answer"]] = 1.0
+    return np.sum((p - onehot) ** 2, axis=1)
+
+
+def _item_nll(v: dict[str, np.ndarray]) -> np.ndarray:
+    gold = v["probs"][np.arange(len(v["probs"])), v["answer"]]
+    return -np.log(np.clip(gold, 1e-15, 1.0))
+
+
+def _item_entropy(v: dict[str, np.ndarray]) -> np.ndarray:
+    p = v["probs"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(p > 0, -p * np.log(p), 0.0).sum(axis=1)
+
+
 @metric("acc", True)
 def _acc(v: dict[str, np.ndarray], n_bins: int) -> float:
     return float(np.mean(v["correct"]))
+
+
+@metric_rows("acc")
+def _acc_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    return r.mean(v["correct"])
 
 
 @metric("acc_norm", True)
@@ -291,9 +395,21 @@ def _acc_norm(v: dict[str, np.ndarray], n_bins: int) -> float:
     return float(np.mean(v["correct_norm"]))
 
 
+@metric_rows("acc_norm")
+def _acc_norm_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    return r.mean(v["correct_norm"])
+
+
 @metric("ece", False)
 def _ece(v: dict[str, np.ndarray], n_bins: int) -> float:
     return expected_calibration_error(v["confidence"], v["correct"], n_bins)
+
+
+@metric_rows("ece")
+def _ece_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    bins = equal_width_bins(v["confidence"], n_bins)
+    _, conf, acc = r.binned(bins, n_bins, v["confidence"], v["correct"])
+    return np.abs(acc - conf).sum(axis=1) / r.n
 
 
 @metric("ece_mass", False)
@@ -301,9 +417,43 @@ def _ece_mass(v: dict[str, np.ndarray], n_bins: int) -> float:
     return equal_mass_ece(v["confidence"], v["correct"], n_bins)
 
 
+@metric_rows("ece_mass")
+def _ece_mass_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    """Equal-mass bins over each replicate's sorted confidences: the bin edges fall at fixed
+    positions of the sorted multiset, found in the running multiplicities (ties between
+    different items with equal confidence are ordered by item, not by draw)."""
+    order = np.argsort(v["confidence"], kind="stable")
+    c, y = v["confidence"][order], v["correct"][order]
+    w = r.counts[:, order]
+    sizes = [len(a) for a in np.array_split(np.arange(r.n), min(n_bins, r.n))]
+    edges = np.concatenate([[0], np.cumsum(sizes)])
+    upto = np.cumsum(w, axis=1)  # positions covered up to and including each item
+    cum_c = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w * c, axis=1)], axis=1)
+    cum_y = np.concatenate([np.zeros((len(w), 1)), np.cumsum(w * y, axis=1)], axis=1)
+    # the item holding each edge position, for all replicates in one search: rows are made
+    # disjoint by an offset larger than any position
+    shift = (np.arange(len(w)) * (r.n + 1))[:, None]
+    k = np.searchsorted((upto + shift).ravel(), (edges[None, :] + shift).ravel(), side="right")
+    k = np.minimum(k.reshape(len(w), -1) - np.arange(len(w))[:, None] * r.n, r.n - 1)
+    before = np.where(k > 0, np.take_along_axis(upto, np.maximum(k - 1, 0), axis=1), 0.0)
+    extra = edges[None, :] - before
+    conf = np.take_along_axis(cum_c, k, axis=1) + extra * c[k]
+    acc = np.take_along_axis(cum_y, k, axis=1) + extra * y[k]
+    return np.abs(np.diff(acc, axis=1) - np.diff(conf, axis=1)).sum(axis=1) / r.n
+
+
 @metric("mce", False)
 def _mce(v: dict[str, np.ndarray], n_bins: int) -> float:
     return max_calibration_error(v["confidence"], v["correct"], n_bins)
+
+
+@metric_rows("mce")
+def _mce_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    bins = equal_width_bins(v["confidence"], n_bins)
+    count, conf, acc = r.binned(bins, n_bins, v["confidence"], v["correct"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gap = np.where(count > 0, np.abs(acc - conf) / count, 0.0)
+    return gap.max(axis=1)
 
 
 @metric("brier", False)
@@ -311,9 +461,19 @@ def _brier(v: dict[str, np.ndarray], n_bins: int) -> float:
     return brier_score(v["probs"], v["answer"])
 
 
+@metric_rows("brier")
+def _brier_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    return r.mean(_item_brier(v))
+
+
 @metric("nll", False)
 def _nll(v: dict[str, np.ndarray], n_bins: int) -> float:
     return nll(v["probs"], v["answer"])
+
+
+@metric_rows("nll")
+def _nll_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    return r.mean(_item_nll(v))
 
 
 @metric("smece", False)
@@ -321,14 +481,43 @@ def _smece(v: dict[str, np.ndarray], n_bins: int) -> float:
     return smooth_ece(v["confidence"], v["correct"])
 
 
+@metric_rows("smece")
+def _smece_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    return smooth_ece_rows(v["confidence"][r.draws], v["correct"][r.draws])
+
+
 @metric("auroc", True)
 def _auroc(v: dict[str, np.ndarray], n_bins: int) -> float:
     return auroc(v["confidence"], v["correct"])
 
 
+@metric_rows("auroc")
+def _auroc_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    """Mann–Whitney U with multiplicities: each right answer beats the wrong ones of lower
+    confidence (ties count ½); NaN where a replicate is all right or all wrong."""
+    order = np.argsort(v["confidence"], kind="stable")
+    c, pos = v["confidence"][order], v["correct"][order] > 0.5
+    w = r.counts[:, order]
+    wneg, wpos = w * ~pos, w * pos
+    start = np.r_[0, np.flatnonzero(np.diff(c)) + 1]  # first item of each tie group
+    group = np.cumsum(np.r_[0, np.diff(c) != 0])
+    neg_before = np.concatenate([np.zeros((len(w), 1)), np.cumsum(wneg, axis=1)], axis=1)
+    neg_group = np.add.reduceat(wneg, start, axis=1)  # wrong answers per tie group
+    below = neg_before[:, start][:, group] + 0.5 * neg_group[:, group]
+    n_pos, n_neg = wpos.sum(axis=1), wneg.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        auc = (wpos * below).sum(axis=1) / (n_pos * n_neg)
+    return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
+
+
 @metric("entropy", True)
 def _entropy(v: dict[str, np.ndarray], n_bins: int) -> float:
     return answer_entropy(v["probs"])
+
+
+@metric_rows("entropy")
+def _entropy_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+    return r.mean(_item_entropy(v))
 
 
 def _view(result: Any) -> dict[str, np.ndarray]:
@@ -347,12 +536,14 @@ def compute_metrics(
     """Every registered metric of a ScoreResult with paired percentile-bootstrap 95% intervals.
 
     All metrics share the same resampled item sets (so intervals of differences between metrics
-    of one run are coherent); smECE uses the first EXPENSIVE_BOOT_CAP of them.
+    of one run are coherent); smECE uses the first EXPENSIVE_BOOT_CAP of them. Each metric is
+    computed for all replicates at once (`METRIC_ROWS`) where it has a batched form.
     """
     view = _view(result)
     n = len(view["correct"])
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n > 1 else None
+    resamples = {}
     out: dict[str, Metric] = {}
     for name, fn in METRICS.items():
         value = fn(view, n_bins)
@@ -360,7 +551,12 @@ def compute_metrics(
             out[name] = Metric(value, value, value)
             continue
         use = draws[:EXPENSIVE_BOOT_CAP] if name in _EXPENSIVE else draws
-        stats = np.array([fn({k: a[idx] for k, a in view.items()}, n_bins) for idx in use])
+        if name in METRIC_ROWS:
+            if len(use) not in resamples:
+                resamples[len(use)] = Resamples(use)
+            stats = np.asarray(METRIC_ROWS[name](view, resamples[len(use)], n_bins))
+        else:
+            stats = np.array([fn({k: a[idx] for k, a in view.items()}, n_bins) for idx in use])
         stats = stats[np.isfinite(stats)]
         if stats.size:
             lo, hi = np.quantile(stats, [0.025, 0.975])
