@@ -27,14 +27,19 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZ
 
 
 def run(cmd: list[str], **kw) -> tuple[float, int]:
-    """Run a command; return (wall seconds, peak RSS in MB of that child)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=ENV, **kw)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"failed: {' '.join(cmd)}")
-    return wall, usage.ru_maxrss // 1024
+    """Run a command; return (wall seconds, peak RSS in MB of that command).
+
+    The RSS comes from /usr/bin/time, not from wait4 on our own child: Linux carries the
+    parent's high-water RSS into a child's ru_maxrss across fork + exec, and this script may
+    have grown (it builds the organism in-process when it is not cached).
+    """
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as rss:
+        start = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", rss.name, *cmd], env=ENV, **kw)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            raise SystemExit(f"failed: {' '.join(cmd)}")
+        return wall, int(rss.read().split()[-1]) // 1024
 
 
 def lm_eval_task(work: Path, test: Path, limit: int) -> Path:

@@ -60,6 +60,10 @@ def test_c_kernel_is_built():
 
     assert kernels._fastlinear is not None, "calmerge.merge._fastlinear was not built"
     assert LinearKernel(8).native
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file() and " avx2" in cpuinfo.read_text():  # the AVX2+FMA loop is chosen
+        flags = cpuinfo.read_text().split()
+        assert kernels._fastlinear.AVX2_FMA == int("avx2" in flags and "fma" in flags)
 
 
 @BACKENDS

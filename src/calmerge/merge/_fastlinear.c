@@ -107,8 +107,8 @@ typedef struct {
 #define INLINE static inline
 #endif
 
-/* acc += x·w with one rounding (fmaf), per input dtype (the first input starts from +0); `rnd` rounds x through the compute
- * dtype first (inputs of another dtype than the compute one). */
+/* acc += x·w with one rounding (fmaf), one loop per input dtype; the first input starts from
+ * +0, and an input of another dtype than the compute one is rounded through the latter first. */
 INLINE void accumulate(float *restrict acc, const Job *job, int i, Py_ssize_t s, Py_ssize_t m) {
     const int first = i == 0; /* fma(x, w, +0): the tile needs no zeroing pass */
     const float w = job->weight[i];
@@ -184,14 +184,11 @@ __attribute__((target("avx2,fma"))) static int linear_avx2_fma(const Job *job) {
 }
 #endif
 
+static int have_avx2_fma = 0; /* set once at import (PyInit), read by every thread */
+
 static int run(const Job *job) {
 #ifdef HAVE_DISPATCH
-    static int fast = -1;
-    if (fast < 0) {
-        __builtin_cpu_init();
-        fast = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    }
-    if (fast) return linear_avx2_fma(job);
+    if (have_avx2_fma) return linear_avx2_fma(job);
 #endif
     return linear_generic(job);
 }
@@ -373,7 +370,19 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "_fastlinear",
-    "Fused fp32 weighted-average merge kernel (see kernels.py).", -1, methods,
+    "Fused fp32 weighted-average merge kernel (see kernels.py).", -1, methods, NULL, NULL, NULL,
+    NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastlinear(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__fastlinear(void) {
+#ifdef HAVE_DISPATCH
+    __builtin_cpu_init();
+    have_avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && PyModule_AddIntConstant(m, "AVX2_FMA", have_avx2_fma) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
