@@ -63,7 +63,7 @@ def test_c_kernel_is_built():
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file() and " avx2" in cpuinfo.read_text():  # the AVX2+FMA loop is chosen
         flags = cpuinfo.read_text().split()
-        assert kernels._fastlinear.AVX2_FMA == int("avx2" in flags and "fma" in flags)
+        assert int("avx2" in flags and "fma" in flags) == kernels._fastlinear.AVX2_FMA
 
 
 @BACKENDS
@@ -195,3 +195,19 @@ def test_narrowing_matches_numpy_and_torch_over_the_whole_range(native, out_tag)
     ) == "ok"
     expect = torch.from_numpy(small.view(np.int16)).view(dt).float() + 0.0
     assert np.array_equal(wide, _raw(expect))
+
+
+def test_without_the_c_extension_the_numpy_kernel_is_chosen(monkeypatch, models, tmp_path):
+    """An install without a C compiler merges with the numpy kernel, to the same bytes."""
+    from calmerge.merge import kernels
+
+    plan = engine.plan_merge(engine.pair_config(models["base"], models["a"], 0.6))
+    (tmp_path / "c").mkdir()
+    engine.execute(plan, tmp_path / "c", max_shard_size=200_000, quiet=True)
+    monkeypatch.setattr(kernels, "_fastlinear", None)
+    assert not kernels.LinearKernel(8).native
+    with pytest.raises(RuntimeError, match="not built"):
+        kernels.LinearKernel(8, native=True)
+    (tmp_path / "numpy").mkdir()
+    engine.execute(plan, tmp_path / "numpy", max_shard_size=200_000, quiet=True)
+    assert _bytes(tmp_path / "numpy") == _bytes(tmp_path / "c")
