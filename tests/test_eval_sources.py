@@ -261,6 +261,15 @@ TASKS = {
         'target_delimiter: ""\ndoc_to_text: "Q: {{question}}\\nA:"\n'
         'doc_to_choice: "{{spaced}}"\ndoc_to_target: answer\n'
     ),
+    # delimiters without a space: a tab; nothing at all before bare words after a newline
+    "cm_tab": (
+        'target_delimiter: "\\t"\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+        "doc_to_target: answer\n"
+    ),
+    "cm_glued": (
+        'target_delimiter: ""\ndoc_to_text: "{{question}}\\nAnswer:\\n"\n'
+        'doc_to_choice: "{{choices}}"\ndoc_to_target: answer\n'
+    ),
 }
 
 
@@ -276,11 +285,6 @@ def task_dir(tmp_path_factory):
     (root / "cm_gen.yaml").write_text(
         HEAD.format(name="cm_gen", data=data, output_type="generate_until")
         + 'doc_to_text: "{{question}}"\ndoc_to_target: "{{choices[answer]}}"\n'
-    )
-    (root / "cm_tab.yaml").write_text(
-        HEAD.format(name="cm_tab", data=data, output_type="multiple_choice")
-        + 'target_delimiter: "\\t"\ndoc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
-        + "doc_to_target: answer\n"
     )
     (root / "cm_winogrande.yaml").write_text(
         HEAD.format(name="cm_winogrande", data=data, output_type="multiple_choice")
@@ -325,13 +329,16 @@ def test_lmeval_items_reproduce_lm_eval_prompts(task_dir, hflm, name):
         ctx_ids, cont_ids = builder.encode(item)
         for inst, ours in zip(requests, cont_ids, strict=True):
             context, continuation = inst.arguments
-            assert builder.context(item) + " " + item.choices[inst.idx] == context + continuation
+            joined = builder.context(item) + builder.delimiter(item) + item.choices[inst.idx]
+            assert joined == context + continuation
             theirs_ctx, theirs_cont = hflm._encode_pair(context, continuation)
             assert (ctx_ids, ours) == (theirs_ctx, theirs_cont)
-    if name != "cm_nodelim":  # with the default delimiter the choices are lm-eval's own texts
-        assert [list(i.choices) for i in items] == [
-            [str(c) for c in task.doc_to_choice(d)] for d in DOCS
-        ]
+        # the default delimiter is the scorer's; any other travels with the item
+        assert (item.delimiter is None) == (name not in ("cm_nodelim", "cm_tab", "cm_glued"))
+    # the choices are lm-eval's own texts, so acc_norm's lengths agree
+    assert [list(i.choices) for i in items] == [
+        [str(c) for c in task.doc_to_choice(d)] for d in DOCS
+    ]
     golds = [task.doc_to_target(d) for d in DOCS]
     choices = [task.doc_to_choice(d) for d in DOCS]
     assert [i.answer for i in items] == [
@@ -339,12 +346,13 @@ def test_lmeval_items_reproduce_lm_eval_prompts(task_dir, hflm, name):
     ]
 
 
-def test_lmeval_loglikelihoods_equal_lm_eval(task_dir, hflm, tiny_pair):
+@pytest.mark.parametrize("name", ["cm_shots", "cm_glued"])
+def test_lmeval_loglikelihoods_equal_lm_eval(task_dir, hflm, tiny_pair, name):
     from calmerge.eval.loading import load_model
     from calmerge.eval.score import Scorer
 
-    items = load_items(f"lmeval:cm_shots?include_path={task_dir}")
-    _, by_doc = lm_eval_requests(task_dir, "cm_shots")
+    items = load_items(f"lmeval:{name}?include_path={task_dir}")
+    _, by_doc = lm_eval_requests(task_dir, name)
     requests = [inst for d in sorted(by_doc) for inst in by_doc[d]]
     theirs = [float(ll) for ll, _ in hflm.loglikelihood(requests)]
     model, tok = load_model(tiny_pair[1], device="cpu", dtype="float32")
@@ -372,7 +380,6 @@ def test_lmeval_splits_fewshot_and_yaml_paths(task_dir):
     [
         ("lmeval:cm_gen?include_path={d}", r"task 'cm_gen' is generate_until, not multiple_choice"),
         ("lmeval:cm_winogrande?include_path={d}", r"puts the choices in the context"),
-        ("lmeval:cm_tab?include_path={d}", r"\[cm_tab doc 0\]: target_delimiter '\\t' cannot be"),
         ("lmeval:cm_bare?include_path={d}&split=validation", r"task 'cm_bare' has no validation"),
         ("lmeval:cm_bare?include_path={d}&split=holdout", r"split 'holdout' is not one of"),
         ("lmeval:cm_bare?include_path={d}&fewshot=-1", r"fewshot=-1 is not a non-negative"),

@@ -38,13 +38,18 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 @dataclass(frozen=True)
 class Item:
-    """One multiple-choice question; `answer` is the 0-based index of the correct choice."""
+    """One multiple-choice question; `answer` is the 0-based index of the correct choice.
+
+    `delimiter` is what joins the prompt and a choice in plain format when the item needs its
+    own (an lm-eval task's `target_delimiter` other than a space); None = the scorer's (" ").
+    """
 
     id: str
     question: str
     choices: tuple[str, ...]
     answer: int
     subject: str = ""
+    delimiter: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,8 +178,14 @@ def items_digest(items: Sequence[Item]) -> str:
     A dataset or task reference names data that can change under the same name (a new revision,
     an edited YAML), so a sweep over one is identified by what was loaded, not by the reference.
     """
+    def canonical(it: Item) -> dict[str, Any]:  # items without their own delimiter hash as before
+        d = dataclasses.asdict(it)
+        if d["delimiter"] is None:
+            del d["delimiter"]
+        return d
+
     payload = json.dumps(
-        [dataclasses.asdict(it) for it in items],
+        [canonical(it) for it in items],
         ensure_ascii=False, sort_keys=True, separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
@@ -682,35 +693,27 @@ def _lmeval_docs(task: Any, split: str | None, name: str, ref: str) -> Any:
 
 
 def _lmeval_prompt(
-    ctx: str, conts: Sequence[str], choices: Sequence[str], delimiter: str, where: str
-) -> tuple[str, list[str]]:
-    """Split lm-eval's (context, delimiter+choice) pairs into a question and choice texts.
+    ctx: str, conts: Sequence[str], choices: Sequence[str], delimiter: str
+) -> tuple[str, list[str], str | None]:
+    """Split lm-eval's (context, delimiter+choice) pairs into a question, choice texts and, when
+    the item needs its own, a delimiter.
 
-    calmerge builds `question + " " + choice` and, like lm-eval's `_encode_pair`, moves the
+    calmerge joins `question + delimiter + choice` and, like lm-eval's `_encode_pair`, moves the
     context's trailing whitespace into the continuation. So the tokens are identical when the
-    full string is identical and `question.rstrip() == ctx.rstrip()`. The question therefore
-    keeps lm-eval's context plus any whitespace before a space that can serve as calmerge's
-    delimiter; the rest of each continuation is the choice. With the usual target_delimiter " "
-    the choices are lm-eval's own texts (so acc_norm's character lengths agree too).
+    full string is identical and `question.rstrip() == ctx.rstrip()`. With lm-eval's default
+    `target_delimiter` " " the question keeps the context plus any whitespace before that space
+    and the item uses the scorer's " " (items as before this field existed). Any other delimiter
+    ("", "\n", "\t", …) is carried by the item, after the context's trailing whitespace, and the
+    choices are lm-eval's own texts, so acc_norm's character lengths agree too.
     """
     stripped = ctx.rstrip()
     tails = [ctx[len(stripped):] + c for c in conts]
-    heads = {t[: len(t) - len(c)] for t, c in zip(tails, choices, strict=True) if t.endswith(c)}
-    if len(heads) == 1 and all(t.endswith(c) for t, c in zip(tails, choices, strict=True)):
-        head = heads.pop()
+    if delimiter == " " and all(t.endswith(c) for t, c in zip(tails, choices, strict=True)):
+        heads = {t[: len(t) - len(c)] for t, c in zip(tails, choices, strict=True)}
+        head = heads.pop() if len(heads) == 1 else ""
         if head.endswith(" ") and not head[:-1].strip():
-            return stripped + head[:-1], list(choices)
-    shortest = min(len(t) for t in tails)
-    for j in range(shortest):
-        if all(t[j] == " " for t in tails):
-            return stripped + tails[0][:j], [t[j + 1 :] for t in tails]
-        if not tails[0][j].isspace() or any(t[j] != tails[0][j] for t in tails):
-            break
-    raise DataError(
-        f"{where}: target_delimiter {delimiter!r} cannot be reproduced "
-        "(calmerge puts one space between prompt and choice)",
-        "use a task whose target_delimiter (or choices) start with a space",
-    )
+            return stripped + head[:-1], list(choices), None
+    return stripped, list(choices), ctx[len(stripped):] + delimiter
 
 
 def _lmeval_gold(gold: Any, choices: Sequence[str], where: str) -> int:
@@ -760,14 +763,20 @@ def _lmeval_task_items(
         requests = task.construct_requests(doc=doc, ctx=ctx, metadata=(name, doc_id, 1))
         choices = [str(c) for c in task.doc_to_choice(doc)]
         args = [r.arguments for r in requests[: len(choices)]]  # mutual-info requests follow
-        question, texts = _lmeval_prompt(
-            args[0][0], [a[1] for a in args], choices, delimiter, where
-        )
+        question, texts, own = _lmeval_prompt(args[0][0], [a[1] for a in args], choices, delimiter)
+        if any(a[1] != delimiter + c for a, c in zip(args, choices, strict=True)):
+            raise DataError(  # lm-eval builds every continuation as delimiter + choice
+                f"{where}: continuations are not target_delimiter + choice",
+                "calmerge scores lm-eval's standard multiple-choice requests",
+            )
         record = {
             "id": f"{name}-{doc_id}", "question": question, "choices": texts,
             "answer": _lmeval_gold(task.doc_to_target(doc), choices, where), "subject": name,
         }
-        entries.append((where, _item(record, where, fallback_id=record["id"])))
+        item = _item(record, where, fallback_id=record["id"])
+        if own is not None:
+            item = dataclasses.replace(item, delimiter=own)
+        entries.append((where, item))
     return entries
 
 

@@ -6,8 +6,8 @@ lm-evaluation-harness does) and `chat` (the tokenizer's chat template with the g
 added; few-shot examples become earlier user/assistant turns).
 
 The continuation is what gets scored: the choice text (`loglik`) or its option letter (`letter`).
-In plain format it follows the prompt after `target_delimiter` (" ", lm-eval's default); after a
-chat generation prompt it follows directly.
+In plain format it follows the prompt after `target_delimiter` (" ", lm-eval's default; an item
+may carry its own, e.g. from an lm-eval task); after a chat generation prompt it follows directly.
 """
 
 from __future__ import annotations
@@ -81,17 +81,20 @@ class PromptBuilder:
     def _template(self) -> str:
         return self.template if self.template is not None else DEFAULT_TEMPLATES[self.mode]
 
-    @property
-    def delimiter(self) -> str:
-        """What separates prompt and continuation: nothing after a chat generation prompt."""
-        return "" if self.prompt_format == "chat" else self.target_delimiter
+    def delimiter(self, item: Item) -> str:
+        """What separates an item's prompt and continuation: the item's own delimiter or
+        `target_delimiter` in plain format, nothing after a chat generation prompt."""
+        if self.prompt_format == "chat":
+            return ""
+        return self.target_delimiter if item.delimiter is None else item.delimiter
 
     def context(self, item: Item) -> str:
         """The full context text (few-shot examples included) that precedes the continuation."""
         shots = [(render(s, self._template), targets(s, self.mode)[s.answer]) for s in self.fewshot]
         question = render(item, self._template)
         if self.prompt_format == "plain":
-            parts = [q + self.target_delimiter + a for q, a in shots]
+            pairs = zip(shots, self.fewshot, strict=True)
+            parts = [q + self.delimiter(s) + a for (q, a), s in pairs]
             return self.fewshot_delimiter.join([*parts, question])
         messages: list[dict[str, str]] = []
         for q, a in shots:
@@ -110,7 +113,7 @@ class PromptBuilder:
         their special tokens, so they are tokenised without adding more.
         """
         context = self.context(item)
-        conts = [self.delimiter + t for t in targets(item, self.mode)]
+        conts = [self.delimiter(item) + t for t in targets(item, self.mode)]
         chat = self.prompt_format == "chat"
         ctx_ids, cont_ids = encode_pairs(self.tokenizer, context, conts, chat=chat)
         if self.mode == "letter":
@@ -134,7 +137,7 @@ class PromptBuilder:
         letters = [self.tokenizer.encode(t, **kwargs) for t in targets(item, "letter")]
         if all(len(x) == 1 for x in letters) and len({x[0] for x in letters}) == len(letters):
             base = {} if self.prompt_format == "plain" else kwargs
-            return list(self.tokenizer.encode(context + self.delimiter, **base)), letters
+            return list(self.tokenizer.encode(context + self.delimiter(item), **base)), letters
         raise DataError(
             f"item '{item.id}': the option letters do not tokenise to distinct single tokens",
             "use --mode loglik for this tokenizer",
