@@ -170,3 +170,17 @@ def test_batched_bootstrap_metrics_equal_the_per_replicate_loop(name, n, seed, t
     np.testing.assert_allclose(batched, loop, rtol=1e-9, atol=1e-12, equal_nan=True)
     if name == "auroc":
         assert np.isnan(loop).any() == (n <= 7)  # tiny resamples can be all right or all wrong
+
+
+def test_a_metric_without_a_batched_form_gets_its_interval_replicate_by_replicate(monkeypatch):
+    logits, _, labels = random_probs(80, 4, 3)
+    res = finalize([str(i) for i in range(80)], logits, np.ones_like(logits, dtype=bool), labels,
+                   np.ones_like(logits), "loglik")
+    monkeypatch.setattr(cal, "METRICS", dict(cal.METRICS))
+    monkeypatch.setattr(cal, "HIGHER_IS_BETTER", dict(cal.HIGHER_IS_BETTER))
+    cal.metric("median_conf", True)(lambda v, n_bins: float(np.median(v["confidence"])))
+    ms = cal.compute_metrics(res, n_boot=200, seed=0)
+    draws = np.random.default_rng(0).integers(0, 80, size=(200, 80))
+    expect = np.quantile([np.median(res.confidence[d]) for d in draws], [0.025, 0.975])
+    assert (ms["median_conf"].lo, ms["median_conf"].hi) == pytest.approx(tuple(expect))
+    assert "median_conf" not in cal.METRIC_ROWS

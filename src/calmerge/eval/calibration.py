@@ -173,11 +173,6 @@ def smooth_ece_batch(confidences: Any, correct: Any, sigma: Any) -> np.ndarray:
     return out
 
 
-def smooth_ece_at(confidences: Any, correct: Any, sigma: float) -> float:
-    """smECE at a fixed bandwidth: kernel-smoothed |E[conf − y | conf]| weighted by density."""
-    return float(smooth_ece_batch(_as_float(confidences), _as_float(correct), sigma)[0])
-
-
 def smooth_ece_rows(confidences: Any, correct: Any, eps: float = 1e-3) -> np.ndarray:
     """smECE with the self-consistent bandwidth σ* (σ = smECE_σ) for each row of (B, n) arrays,
     found by 10 bisection steps run side by side for all rows (bootstrap replicates)."""
