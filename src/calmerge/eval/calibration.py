@@ -127,8 +127,9 @@ def _reflected_smooth(f: np.ndarray, v: np.ndarray, sigma: np.ndarray) -> np.nda
     rows, m = v.shape[:2]
     points = int(_grid_points(sigma[:1])[0])
     pos = f * (points - 1)
-    bins = np.broadcast_to(pos.astype(np.int64).clip(0, points - 2)[:, None, :], v.shape)
-    frac = np.broadcast_to((pos - pos.astype(np.int64).clip(0, points - 2))[:, None, :], v.shape)
+    left = pos.astype(np.int64).clip(0, points - 2)
+    bins = np.broadcast_to(left[:, None, :], v.shape)
+    frac = np.broadcast_to((pos - left)[:, None, :], v.shape)
     offset = (np.arange(rows * m) * points).reshape(rows, m, 1)  # one bincount for all rows
     size = rows * m * points
     values = np.bincount((bins + offset).ravel(), ((1 - frac) * v).ravel(), size)
