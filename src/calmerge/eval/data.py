@@ -692,30 +692,6 @@ def _lmeval_docs(task: Any, split: str | None, name: str, ref: str) -> Any:
     return getattr(task, docs)()
 
 
-def _lmeval_prompt(
-    ctx: str, conts: Sequence[str], choices: Sequence[str], delimiter: str
-) -> tuple[str, list[str], str | None]:
-    """Split lm-eval's (context, delimiter+choice) pairs into a question, choice texts and, when
-    the item needs its own, a delimiter.
-
-    calmerge joins `question + delimiter + choice` and, like lm-eval's `_encode_pair`, moves the
-    context's trailing whitespace into the continuation. So the tokens are identical when the
-    full string is identical and `question.rstrip() == ctx.rstrip()`. With lm-eval's default
-    `target_delimiter` " " the question keeps the context plus any whitespace before that space
-    and the item uses the scorer's " " (items as before this field existed). Any other delimiter
-    ("", "\n", "\t", …) is carried by the item, after the context's trailing whitespace, and the
-    choices are lm-eval's own texts, so acc_norm's character lengths agree too.
-    """
-    stripped = ctx.rstrip()
-    tails = [ctx[len(stripped):] + c for c in conts]
-    if delimiter == " " and all(t.endswith(c) for t, c in zip(tails, choices, strict=True)):
-        heads = {t[: len(t) - len(c)] for t, c in zip(tails, choices, strict=True)}
-        head = heads.pop() if len(heads) == 1 else ""
-        if head.endswith(" ") and not head[:-1].strip():
-            return stripped + head[:-1], list(choices), None
-    return stripped, list(choices), ctx[len(stripped):] + delimiter
-
-
 def _lmeval_gold(gold: Any, choices: Sequence[str], where: str) -> int:
     """lm-eval's gold: an index, or a choice's text (a one-element list is unwrapped)."""
     if isinstance(gold, list):
@@ -763,19 +739,21 @@ def _lmeval_task_items(
         requests = task.construct_requests(doc=doc, ctx=ctx, metadata=(name, doc_id, 1))
         choices = [str(c) for c in task.doc_to_choice(doc)]
         args = [r.arguments for r in requests[: len(choices)]]  # mutual-info requests follow
-        question, texts, own = _lmeval_prompt(args[0][0], [a[1] for a in args], choices, delimiter)
         if any(a[1] != delimiter + c for a, c in zip(args, choices, strict=True)):
             raise DataError(  # lm-eval builds every continuation as delimiter + choice
                 f"{where}: continuations are not target_delimiter + choice",
                 "calmerge scores lm-eval's standard multiple-choice requests",
             )
+        # question = lm-eval's context, choices = its texts; the full string is lm-eval's with
+        # calmerge's own " " or, for any other target_delimiter, the item's (the context's
+        # trailing whitespace moves into the continuation on encoding, as in `_encode_pair`)
         record = {
-            "id": f"{name}-{doc_id}", "question": question, "choices": texts,
+            "id": f"{name}-{doc_id}", "question": args[0][0], "choices": choices,
             "answer": _lmeval_gold(task.doc_to_target(doc), choices, where), "subject": name,
         }
         item = _item(record, where, fallback_id=record["id"])
-        if own is not None:
-            item = dataclasses.replace(item, delimiter=own)
+        if delimiter != " ":
+            item = dataclasses.replace(item, delimiter=delimiter)
         entries.append((where, item))
     return entries
 
