@@ -155,6 +155,7 @@ class NumpyKernel:
             x[idx] = _round_to_odd_sum(prod[idx], acc[idx].astype(np.float64), total[idx])
         return x
 
+    @np.errstate(over="ignore", invalid="ignore")  # overflow is reported, not warned
     def run(
         self,
         inputs: Sequence[np.ndarray],
@@ -171,19 +172,6 @@ class NumpyKernel:
         dtype, the method accumulates in fp32 and casts its result back to the compute dtype,
         which is then cast to the output dtype.
         """
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported, not warned
-            return self._run(inputs, tags, weights, normalize, compute_tag, out, out_tag)
-
-    def _run(
-        self,
-        inputs: Sequence[np.ndarray],
-        tags: Sequence[str],
-        weights: Sequence[float],
-        normalize: bool,
-        compute_tag: str | None,
-        out: np.ndarray,
-        out_tag: str,
-    ) -> str:
         n = len(inputs[0]) // KERNEL_TAGS[tags[0]]
         w32 = [np.float32(w) for w in weights]
         short = all(
