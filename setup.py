@@ -1,4 +1,4 @@
-"""Build the optional C kernel (calmerge.merge._fastlinear); everything else is in pyproject.toml.
+"""Build the optional C kernel (calmerge.merge.fastpath._fastlinear); the rest is in pyproject.toml.
 
 `optional=True`: without a C compiler the install still succeeds and calmerge merges with the
 numpy kernel (same bits, slower).
@@ -25,8 +25,8 @@ class BuildExt(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "calmerge.merge._fastlinear",
-            ["src/calmerge/merge/_fastlinear.c"],
+            "calmerge.merge.fastpath._fastlinear",
+            ["src/calmerge/merge/fastpath/_fastlinear.c"],
             optional=True,
         )
     ],

@@ -9,7 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calmerge.eval import calibration as cal
+from calmerge.eval.metrics import METRICS, MetricSpec, specs
 from calmerge.eval.score import finalize
+from calmerge.registry import Registry
+
+CHOICE = {s.name: s for s in specs("choices")}
 
 
 def random_probs(n: int, c: int, seed: int, sharp: float = 2.0):
@@ -87,13 +91,26 @@ def test_reliability_bins_counts_and_means():
     assert np.isnan(bins[2]["accuracy"])
 
 
-def test_bootstrap_ci_brackets_and_is_seeded():
-    rng = np.random.default_rng(0)
-    x = rng.normal(1.0, 1.0, 400)
-    lo, hi = cal.bootstrap_ci(np.mean, x, n_boot=500, seed=1)
-    assert lo < x.mean() < hi
-    assert hi - lo == pytest.approx(2 * 1.96 / np.sqrt(400), rel=0.2)
-    assert (lo, hi) == cal.bootstrap_ci(np.mean, x, n_boot=500, seed=1)
+def _result(n: int, seed: int):
+    logits, _, labels = random_probs(n, 4, seed)
+    mask = np.ones_like(logits, dtype=bool)
+    return finalize([str(i) for i in range(n)], logits, mask, labels, np.ones_like(logits), "loglik")
+
+
+def test_bootstrap_interval_is_the_percentile_interval_of_the_seeded_resamples():
+    """The interval compute_metrics reports is the 2.5/97.5% quantile of the metric over the
+    seeded item resamples — here accuracy, whose spread is also known in closed form."""
+    res = _result(400, 5)
+    ms = cal.compute_metrics(res, n_boot=500, seed=1)
+    correct = np.asarray(res.correct, dtype=float)
+    draws = np.random.default_rng(1).integers(0, 400, size=(500, 400))
+    expect = np.quantile(correct[draws].mean(axis=1), [0.025, 0.975])
+    acc = ms["acc"]
+    assert (acc.lo, acc.hi) == pytest.approx(tuple(expect))
+    assert acc.lo < acc.value < acc.hi
+    a = correct.mean()
+    assert acc.hi - acc.lo == pytest.approx(2 * 1.96 * np.sqrt(a * (1 - a) / 400), rel=0.2)
+    assert cal.compute_metrics(res, n_boot=500, seed=1) == ms
 
 
 def test_temperature_recovers_known_scale():
@@ -123,14 +140,12 @@ def test_ece_bounds(rows):
 
 
 def test_compute_metrics_values_and_intervals():
-    logits, _, labels = random_probs(150, 4, 7)
-    mask = np.ones_like(logits, dtype=bool)
-    res = finalize([str(i) for i in range(150)], logits, mask, labels, np.ones_like(logits), "loglik")
+    res = _result(150, 7)
     ms = cal.compute_metrics(res, n_boot=60, seed=0)
-    assert set(ms) == set(cal.METRICS)
+    assert list(ms) == list(CHOICE)  # every choice metric of the registry, in its order
     assert ms["acc"].value == pytest.approx(np.mean(res.correct))
     assert ms["ece"].value == pytest.approx(cal.expected_calibration_error(res.confidence, res.correct))
-    assert ms["brier"].value == pytest.approx(cal.brier_score(res.probs, labels))
+    assert ms["brier"].value == pytest.approx(cal.brier_score(res.probs, res.answer))
     for name, m in ms.items():
         assert m.lo <= m.value <= m.hi or name in ("mce", "ece", "smece", "ece_mass"), name
         assert m.lo < m.hi
@@ -157,15 +172,16 @@ def _view_for(n: int, seed: int, ties: bool):
 
 @pytest.mark.parametrize(("n", "seed", "ties"), [(300, 0, False), (40, 1, True), (7, 2, False),
                                                   (3, 3, True)])
-@pytest.mark.parametrize("name", sorted(cal.METRIC_ROWS))
+@pytest.mark.parametrize("name", [n for n, s in CHOICE.items() if s.rows is not None])
 def test_batched_bootstrap_metrics_equal_the_per_replicate_loop(name, n, seed, ties):
     """Each metric's replicate-batched form (used for bootstrap intervals) gives, replicate by
     replicate, what the plain metric gives on that resample."""
+    spec = CHOICE[name]
     v = _view_for(n, seed, ties)
     m = len(v["correct"])
-    draws = np.random.default_rng(seed).integers(0, m, size=(60 if name == "smece" else 400, m))
-    batched = cal.METRIC_ROWS[name](v, cal.Resamples(draws), 10)
-    loop = np.array([cal.METRICS[name]({k: a[d] for k, a in v.items()}, 10) for d in draws])
+    draws = np.random.default_rng(seed).integers(0, m, size=(60 if spec.expensive else 400, m))
+    batched = spec.rows(v, cal.Resamples(draws), 10)
+    loop = np.array([spec.fn({k: a[d] for k, a in v.items()}, 10) for d in draws])
     assert batched.shape == loop.shape
     np.testing.assert_allclose(batched, loop, rtol=1e-9, atol=1e-12, equal_nan=True)
     if name == "auroc":
@@ -173,14 +189,15 @@ def test_batched_bootstrap_metrics_equal_the_per_replicate_loop(name, n, seed, t
 
 
 def test_a_metric_without_a_batched_form_gets_its_interval_replicate_by_replicate(monkeypatch):
-    logits, _, labels = random_probs(80, 4, 3)
-    res = finalize([str(i) for i in range(80)], logits, np.ones_like(logits, dtype=bool), labels,
-                   np.ones_like(logits), "loglik")
-    monkeypatch.setattr(cal, "METRICS", dict(cal.METRICS))
-    monkeypatch.setattr(cal, "HIGHER_IS_BETTER", dict(cal.HIGHER_IS_BETTER))
-    cal.metric("median_conf", True)(lambda v, n_bins: float(np.median(v["confidence"])))
+    res = _result(80, 3)
+    fresh: Registry[MetricSpec] = Registry("metric")
+    for name, spec in METRICS.items():
+        fresh.add(name, spec)
+    fresh.add("median_conf", MetricSpec("median_conf", "max", "median confidence", "probability",
+                                        "choices", lambda v, n_bins: float(np.median(v["confidence"]))))
+    monkeypatch.setattr(cal, "METRICS", fresh)
     ms = cal.compute_metrics(res, n_boot=200, seed=0)
     draws = np.random.default_rng(0).integers(0, 80, size=(200, 80))
     expect = np.quantile([np.median(res.confidence[d]) for d in draws], [0.025, 0.975])
     assert (ms["median_conf"].lo, ms["median_conf"].hi) == pytest.approx(tuple(expect))
-    assert "median_conf" not in cal.METRIC_ROWS
+    assert "median_conf" not in METRICS  # the real registry is untouched

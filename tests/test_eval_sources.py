@@ -16,7 +16,6 @@ import pytest
 
 from calmerge.cli import main
 from calmerge.errors import DataError
-from calmerge.eval import data as data_mod
 from calmerge.eval.data import (
     Item,
     data_source,
@@ -25,6 +24,7 @@ from calmerge.eval.data import (
     native_template,
     source_of,
 )
+from calmerge.eval.data import sources as sources_mod
 
 datasets = pytest.importorskip("datasets")
 
@@ -203,7 +203,7 @@ def test_refs_dispatch_and_files_still_load(tmp_path):
         with pytest.raises(ValueError, match="registered twice"):
             data_source("calmerge_test_source")(_memory)
     finally:
-        del data_mod._SOURCES["calmerge_test_source"]
+        del sources_mod._SOURCES._entries["calmerge_test_source"]  # Registry has no removal
 
 
 def test_items_digest_follows_content():

@@ -1,4 +1,4 @@
-"""merge.engine end to end on tiny real checkpoints, against mergekit's own merge (in process)."""
+"""The merge (plan, stream, engine) end to end on tiny real checkpoints, against mergekit in process."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ from tiny import make_model
 
 from calmerge.config import MergeConfig
 from calmerge.io.checkpoint import open_checkpoint
-from calmerge.merge import engine
-from calmerge.merge.engine import merge_pair, run_merge, tensor_seed
+from calmerge.merge import engine, stream
+from calmerge.merge.engine import merge_pair, run_merge
 from calmerge.merge.mergekit_compat import from_mergekit
+from calmerge.merge.plan import tensor_seed
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +115,7 @@ def _cases(m) -> dict[str, dict]:
 @pytest.mark.parametrize("out_dtype", ["float32", "bfloat16"])
 def test_bitwise_equal_to_mergekit(m, tmp_path, case, out_dtype, monkeypatch):
     # a small row block makes the engine's blocked elementwise path run on these tiny tensors
-    monkeypatch.setattr(engine, "_BLOCK_ELEMENTS", 1000)
+    monkeypatch.setattr(stream, "_BLOCK_ELEMENTS", 1000)
     cfg = {**_cases(m)[case], "dtype": "float32", "out_dtype": out_dtype}
     _assert_bitwise(_mergekit(cfg, tmp_path / "mk"), _ours(cfg, tmp_path / "cm"))
 
@@ -258,3 +259,39 @@ def test_force_replaces_existing_output(m, tmp_path):
     expected = weights(merge_pair(m["base"], m["a"], 0.8, tmp_path / "ref"))
     _assert_bitwise(expected, weights(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "ref"]
+
+
+@pytest.mark.parametrize(
+    ("method", "top", "per_model", "culprit"),
+    [
+        ("linear", {}, {"weight": float("nan")}, "parameter 'weight' of model"),
+        ("linear", {}, {"weight": [0.5, float("inf")]}, "parameter 'weight' of model"),
+        ("linear", {}, {"weight": "nan"}, "parameter 'weight' of model"),
+        (  # a filter that matches no tensor is checked too: the recipe is wrong either way
+            "task_arithmetic",
+            {},
+            {"weight": [{"filter": "no_such_tensor", "value": [0.2, float("nan")]}, {"value": 1}]},
+            "parameter 'weight' of model",
+        ),
+        ("slerp", {"t": float("-inf")}, {}, "parameter 't' of the merge"),
+        ("task_arithmetic", {"lambda": "1e400"}, {"weight": 1.0}, "parameter 'lambda' of the"),
+    ],
+    ids=["nan", "gradient-inf", "nan-string", "filter-value", "slerp-t", "overflowing-string"],
+)
+def test_nonfinite_parameters_are_refused_before_any_output(
+    m, tmp_path, method, top, per_model, culprit
+):
+    from calmerge.errors import ConfigError
+
+    models = [{"model": str(m["a"]), "parameters": per_model}]
+    if method == "linear":
+        models.append({"model": str(m["base"]), "parameters": {"weight": 0.5}})
+    cfg = MergeConfig(
+        method=method, base=None if method == "linear" else str(m["base"]), models=models,
+        parameters=top,
+    )
+    with pytest.raises(ConfigError, match=culprit) as err:
+        run_merge(cfg, tmp_path / "out", quiet=True)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()
+    assert list(tmp_path.iterdir()) == []

@@ -13,10 +13,13 @@ import pytest
 import torch
 from tiny import make_model
 
-from calmerge.merge import engine
-from calmerge.merge.kernels import LinearKernel
+from calmerge.merge import engine, fastpath
+from calmerge.merge.fastpath import LinearKernel
+from calmerge.merge.fastpath.numpy_kernel import significant_bits
+from calmerge.merge.fastpath.road import kernel_ok
 from calmerge.merge.methods import _linear
-from calmerge.merge.numpy_kernel import significant_bits
+from calmerge.merge.plan import plan_merge
+from calmerge.merge.stream import execute
 
 TAGS = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
 
@@ -56,14 +59,12 @@ BACKENDS = pytest.mark.parametrize("native", [True, False], ids=["C", "numpy"])
 
 def test_c_kernel_is_built():
     """The install builds the C kernel wherever a compiler exists (as here and in CI)."""
-    from calmerge.merge import kernels
-
-    assert kernels._fastlinear is not None, "calmerge.merge._fastlinear was not built"
+    assert fastpath._fastlinear is not None, "calmerge.merge.fastpath._fastlinear was not built"
     assert LinearKernel(8).native
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.is_file() and " avx2" in cpuinfo.read_text():  # the AVX2+FMA loop is chosen
         flags = cpuinfo.read_text().split()
-        assert int("avx2" in flags and "fma" in flags) == kernels._fastlinear.AVX2_FMA
+        assert int("avx2" in flags and "fma" in flags) == fastpath._fastlinear.AVX2_FMA
 
 
 @BACKENDS
@@ -122,14 +123,13 @@ def _bytes(directory: Path) -> dict[str, bytes]:
 ])
 def test_engine_kernel_paths_equal_torch_path(models, tmp_path, aligned, lam, out_dtype):
     cfg = engine.pair_config(models["base"], models[aligned], lam, out_dtype=out_dtype)
-    plan = engine.plan_merge(cfg)
-    assert engine.kernel_ok(plan)
+    plan = plan_merge(cfg)
+    assert kernel_ok(plan)
     outs = {}
     for kernels, native in ((False, None), (True, True), (True, False)):
         d = tmp_path / f"k{kernels}{native}"
         d.mkdir()
-        engine.execute(plan, d, max_shard_size=200_000, quiet=True, kernels=kernels,
-                       native=native)
+        execute(plan, d, max_shard_size=200_000, quiet=True, kernels=kernels, native=native)
         outs[kernels, native] = _bytes(d)
     torch_out = outs.pop((False, None))
     assert len(torch_out) > 1
@@ -199,15 +199,13 @@ def test_narrowing_matches_numpy_and_torch_over_the_whole_range(native, out_tag)
 
 def test_without_the_c_extension_the_numpy_kernel_is_chosen(monkeypatch, models, tmp_path):
     """An install without a C compiler merges with the numpy kernel, to the same bytes."""
-    from calmerge.merge import kernels
-
-    plan = engine.plan_merge(engine.pair_config(models["base"], models["a"], 0.6))
+    plan = plan_merge(engine.pair_config(models["base"], models["a"], 0.6))
     (tmp_path / "c").mkdir()
-    engine.execute(plan, tmp_path / "c", max_shard_size=200_000, quiet=True)
-    monkeypatch.setattr(kernels, "_fastlinear", None)
-    assert not kernels.LinearKernel(8).native
+    execute(plan, tmp_path / "c", max_shard_size=200_000, quiet=True)
+    monkeypatch.setattr(fastpath, "_fastlinear", None)
+    assert not LinearKernel(8).native
     with pytest.raises(RuntimeError, match="not built"):
-        kernels.LinearKernel(8, native=True)
+        LinearKernel(8, native=True)
     (tmp_path / "numpy").mkdir()
-    engine.execute(plan, tmp_path / "numpy", max_shard_size=200_000, quiet=True)
+    execute(plan, tmp_path / "numpy", max_shard_size=200_000, quiet=True)
     assert _bytes(tmp_path / "numpy") == _bytes(tmp_path / "c")

@@ -14,8 +14,8 @@ from calmerge.eval.calibration import (
     max_calibration_error,
     nll,
 )
+from calmerge.merge.families import get_family
 from calmerge.merge.methods import Group, get_method
-from calmerge.sweep.interpolate import linear_fn
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 tensors = arrays(np.float32, st.tuples(st.integers(1, 5), st.integers(1, 7)), elements=finite)
@@ -27,12 +27,19 @@ def pair(draw_a: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return a, b
 
 
+def linear_family(lam: float, base: torch.Tensor, aligned: torch.Tensor) -> torch.Tensor:
+    """The linear family's merge at λ, as the engine and the sweep compute it."""
+    models, params = get_family("linear").build("base", "aligned", lam, 1.0)
+    weights = [m["parameters"]["weight"] for m in models]
+    return get_method("linear")(Group((base, aligned)), weight=weights, **params)
+
+
 @settings(max_examples=60, deadline=None)
 @given(tensors, st.integers(0, 1000))
 def test_lambda_0_is_base_and_1_is_aligned_exactly(a, seed):
     base, aligned = pair(a, seed)
-    assert torch.equal(linear_fn(0.0)("w", base, aligned), base)
-    assert torch.equal(linear_fn(1.0)("w", base, aligned), aligned)
+    assert torch.equal(linear_family(0.0, base, aligned), base)
+    assert torch.equal(linear_family(1.0, base, aligned), aligned)
 
 
 @settings(max_examples=60, deadline=None)

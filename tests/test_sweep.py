@@ -106,29 +106,39 @@ def test_results_csv_and_json(tiny_pair, sweep_data, tmp_path):
     assert [d["lam"] for d in data] == [0.0, 1.0]
 
 
+@pytest.fixture(scope="module")
+def extended_pair(tiny_pair, tmp_path_factory):
+    """The tiny base and an aligned model that added three special tokens (chat fine-tunes do)."""
+    from tiny import make_model
+
+    base = tiny_pair[0]
+    return base, make_model(tmp_path_factory.mktemp("ext") / "a", seed=4, base=base, extra_vocab=3)
+
+
 @pytest.mark.parametrize(
-    "family,lams",
-    [("linear", (0.3, 1.2, -0.5)), ("slerp", (0.4,)), ("ties", (0.7,)), ("dare_ties", (0.5,)),
-     ("dare_linear", (1.1,))],
+    "family,lams,pair",
+    [("linear", (0.3, 1.2, -0.5), "tiny_pair"), ("linear", (0.6, 1.1), "extended_pair"),
+     ("slerp", (0.4,), "tiny_pair"), ("ties", (0.7,), "tiny_pair"),
+     ("dare_ties", (0.5,), "extended_pair"), ("dare_linear", (1.1,), "tiny_pair"),
+     ("task_arithmetic", (0.8,), "tiny_pair")],
 )
-def test_sweep_point_weights_equal_merge_engine(tiny_pair, tmp_path, family, lams):
-    """The in-place θ(λ) of the sweep and `calmerge merge` at the same λ are the same weights."""
+def test_sweep_point_weights_equal_merge_engine(request, tmp_path, family, lams, pair):
+    """The in-place θ(λ) of the sweep and `calmerge merge` at the same λ are the same weights —
+    also the rows an aligned model added to the vocabulary, which only it has."""
     from calmerge.eval.loading import load_model
     from calmerge.io.checkpoint import open_checkpoint
     from calmerge.merge.engine import merge_pair
-    from calmerge.sweep.interpolate import LiveInterpolator, linear_fn, pair_fn
+    from calmerge.sweep.interpolate import LiveInterpolator
 
-    base, aligned = tiny_pair
+    base, aligned = request.getfixturevalue(pair)
     model, _ = load_model(str(aligned), dtype="float32", device="cpu")
-    interp = LiveInterpolator(model, open_checkpoint(base), open_checkpoint(aligned))
+    interp = LiveInterpolator(
+        model, open_checkpoint(base), open_checkpoint(aligned), density=0.6, seed=3
+    )
     for lam in lams:
-        if family == "linear":
-            interp.apply(linear_fn(lam))
-            params = None
-        else:
-            interp.apply(pair_fn(family, lam, density=0.6, seed=3))
-            params = None if family == "slerp" else {"density": 0.6, "seed": 3}
-        out = merge_pair(base, aligned, lam, tmp_path / f"{family}{lam}", method=family, params=params)
+        interp.apply(family, lam)
+        out = merge_pair(base, aligned, lam, tmp_path / f"{family}{lam}", method=family,
+                         density=0.6, seed=3)
         merged = load_file(out / "model.safetensors")
         live = dict(model.named_parameters())
         assert set(live) <= set(merged)

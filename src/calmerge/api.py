@@ -1,21 +1,34 @@
 """The Python API: every CLI command is one call here, usable from a notebook.
 
-Sections, one per subsystem, mirror `cli.py`.
+A façade and nothing more: each function validates its inputs through `config`, calls the one
+module that does the work (merge engine, scorer, sweep runner, analysis, report) and returns
+typed results. Heavy modules (torch, numpy, transformers) are imported inside the functions so
+`import calmerge.api` stays cheap. Sections, one per subsystem, mirror `cli.py`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from calmerge.config import SweepConfig
-from calmerge.errors import ConfigError, OutputError, StoreError
+from calmerge.config import EvalConfig, MergeConfig, SweepConfig
+from calmerge.errors import OutputError, StoreError
 from calmerge.io.atomic import atomic_write_text
 
+if TYPE_CHECKING:
+    from calmerge.analysis.diff import LayerDelta
+    from calmerge.analysis.pareto import Point, Verdict
+    from calmerge.eval.metrics import Metric
+    from calmerge.eval.score import ScoreResult
+    from calmerge.merge.engine import MergeResult
+    from calmerge.organism import OrganismPaths, Recipe
+    from calmerge.report import ReportPaths
+    from calmerge.report.content import Table
+    from calmerge.results.store import ResultStore, RunRecord
+
 # ───────────────────────────── merge engine ─────────────────────────────
-# Heavy modules (torch) are imported inside the functions so `import calmerge.api` stays cheap.
 
 
 def inspect_model(
@@ -51,10 +64,10 @@ def diff_models(
     png: str | Path | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
-) -> list[Any]:
-    """Per-layer relative ‖θ_aligned − θ_base‖ / ‖θ_base‖ (LayerDelta list), optional PNG."""
+) -> list[LayerDelta]:
+    """Per-layer relative ‖θ_aligned − θ_base‖ / ‖θ_base‖, and optionally its bar chart."""
+    from calmerge.analysis.diff import layer_deltas, plot_deltas
     from calmerge.io.checkpoint import open_checkpoint
-    from calmerge.merge.engine import layer_deltas, plot_deltas
 
     opts = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if png is not None and Path(png).is_dir():
@@ -66,23 +79,45 @@ def diff_models(
     return deltas
 
 
-def merge(config: Any, out: str | Path, **options: Any) -> Any:
-    """Run a merge config (MergeConfig, or a path to our / mergekit YAML) into `out`.
+def load_merge_config(path: str | Path) -> MergeConfig:
+    """A merge YAML, ours or mergekit's (recognised by its `merge_method` key), validated."""
+    from calmerge.merge.mergekit_compat import load_merge_config as load
 
-    Options: force, max_shard_size, compute_dtype, out_dtype, allow_pickle, trust_remote_code,
-    device, model_card_extra, quiet, on_warning. Returns a MergeResult.
-    """
+    return load(Path(path))
+
+
+def pair_config(
+    base: str | Path, aligned: str | Path, lam: float, *, method: str = "linear",
+    density: float = 1.0, seed: int = 0,
+) -> MergeConfig:
+    """The merge of family `method` at λ between two models (see `merge.families`)."""
+    from calmerge.merge.engine import pair_config as build
+
+    return build(base, aligned, lam, method=method, density=density, seed=seed)
+
+
+def merge(
+    config: MergeConfig | str | Path,
+    out: str | Path,
+    *,
+    force: bool = False,
+    max_shard_size: str | int = "5GB",
+    compute_dtype: str | None = None,
+    out_dtype: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    device: str = "cpu",
+    quiet: bool = False,
+    on_warning: Callable[[str], None] | None = None,
+) -> MergeResult:
+    """Run a merge config (a MergeConfig, or a path to our / mergekit YAML) into `out`."""
     from calmerge.merge.engine import run_merge
 
-    return run_merge(config, out, **options)
-
-
-def merge_pair(base: str | Path, aligned: str | Path, lam: float, out: str | Path,
-               **options: Any) -> Path:
-    """θ_base + λ(θ_aligned − θ_base) into `out` (see calmerge.merge.engine.merge_pair)."""
-    from calmerge.merge.engine import merge_pair as _merge_pair
-
-    return _merge_pair(base, aligned, lam, out, **options)
+    return run_merge(
+        config, out, force=force, max_shard_size=max_shard_size, compute_dtype=compute_dtype,
+        out_dtype=out_dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
+        device=device, quiet=quiet, on_warning=on_warning,
+    )
 
 
 # ───────────────────────────── evaluation ─────────────────────────────
@@ -92,8 +127,8 @@ def merge_pair(base: str | Path, aligned: str | Path, lam: float, out: str | Pat
 class EvalReport:
     """A finished `calmerge eval`: metrics with intervals, per-item scores, diversity, files."""
 
-    metrics: dict[str, Any]
-    result: Any
+    metrics: dict[str, Metric]
+    result: ScoreResult
     reliability: list[dict[str, float]]
     diversity: dict[str, float] | None
     samples: list[list[str]] | None
@@ -114,7 +149,7 @@ def _eval_output_paths(output: str | None) -> tuple[Path | None, Path | None]:
     return path, path.with_suffix(".reliability.png")
 
 
-def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
+def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     """Score `cfg.data` (and sample `cfg.prompts`) with one model; write outputs atomically.
 
     Every input is validated (items, prompts, template, chat template, context length, output
@@ -158,37 +193,21 @@ def evaluate(cfg: Any, *, progress: bool = False) -> EvalReport:
     report = EvalReport(
         metrics, result, reliability, diversity, samples, time.perf_counter() - start
     )
-    if out_json is not None:
-        _write_eval_json(report, cfg, prompts, out_json)
-        from calmerge.report.figures import reliability_one, save_png
+    if out_json is not None and out_png is not None:
+        from calmerge.report.evaluation import write_eval_diagram, write_eval_json
 
-        ece = metrics["ece"]
-        title = f"{Path(cfg.model).name}: ECE {ece.value:.3f} [{ece.lo:.3f}, {ece.hi:.3f}]"
-        save_png(reliability_one(reliability, title), out_png)
-        report = EvalReport(**{**report.__dict__, "output": out_json, "diagram": out_png})
+        write_eval_json(
+            out_json, config=cfg.model_dump(mode="json"), metrics=metrics,
+            reliability=reliability, diversity=diversity, predictions=result.predictions(),
+            samples=(
+                {p.id: s for p, s in zip(prompts, samples, strict=True)}
+                if samples is not None else None
+            ),
+            seconds=report.seconds,
+        )
+        write_eval_diagram(out_png, cfg.model, metrics["ece"], reliability)
+        report = replace(report, output=out_json, diagram=out_png)
     return report
-
-
-def _write_eval_json(report: EvalReport, cfg: Any, prompts: list, path: Path) -> None:
-    import json
-    import math
-
-    def clean(x: float) -> float | None:
-        return None if isinstance(x, float) and not math.isfinite(x) else x
-
-    payload = {
-        "config": cfg.model_dump(mode="json"),
-        "metrics": {k: {n: clean(v) for n, v in m.as_dict().items()} for k, m in report.metrics.items()},
-        "reliability": [{k: clean(v) for k, v in b.items()} for b in report.reliability],
-        "diversity": report.diversity,
-        "predictions": report.result.predictions(),
-        "samples": (
-            {p.id: s for p, s in zip(prompts, report.samples, strict=True)}
-            if report.samples is not None else None
-        ),
-        "seconds": report.seconds,
-    }
-    atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 # ───────────────────────────── sweep ─────────────────────────────
@@ -202,7 +221,7 @@ class SweepReport:
     store: Path
     html: Path
     markdown: Path
-    verdict: Any
+    verdict: Verdict
     computed: int
     skipped: int
 
@@ -227,61 +246,24 @@ def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
 
 def list_runs(store: str | Path) -> list[dict[str, Any]]:
     """One summary row per run in a store."""
-    db = _open_store(store)
-    rows = []
-    for run in db.runs():
-        pts = db.points(run.id)
-        rows.append(
-            {
-                "id": run.id,
-                "name": run.name,
-                "hash": run.config_hash,
-                "created": run.created,
-                "points": len(pts),
-                "done": sum(p.status == "done" for p in pts),
-                "families": sorted({p.family for p in pts}),
-            }
-        )
-    return rows
+    from calmerge.results.table import run_summaries
+
+    return run_summaries(_open_store(store))
 
 
 def results_table(store: str | Path, run: str | None = None) -> list[dict[str, Any]]:
     """One row per finished point: family, λ, then `split.metric` with `_lo`/`_hi` intervals."""
+    from calmerge.results.table import point_rows
+
     db = _open_store(store)
-    rec = db.run(run)
-    rows = []
-    for pt in db.points(rec.id, status="done"):
-        row: dict[str, Any] = {"run": rec.id, "family": pt.family, "lam": pt.lam}
-        for split, ms in sorted(db.metrics(pt.id).items()):
-            for name, (v, lo, hi) in sorted(ms.items()):
-                row[f"{split}.{name}"] = v
-                row[f"{split}.{name}_lo"] = lo
-                row[f"{split}.{name}_hi"] = hi
-        rows.append(row)
-    return rows
+    return point_rows(db, db.run(run))
 
 
 def write_results(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> str:
     """Serialise `results_table` rows as csv or json; written atomically when `out` is given."""
-    import csv
-    import io
-    import json
-    import math
+    from calmerge.results.table import serialise
 
-    if fmt not in ("csv", "json"):
-        raise ConfigError(f"--format '{fmt}': unknown", "use csv or json")
-    if fmt == "json":
-        clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
-        text = json.dumps(clean, indent=2)
-    else:
-        cols: list[str] = []
-        for r in rows:
-            cols.extend(k for k in r if k not in cols)
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
+    text = serialise(rows, fmt)
     if out is not None:
         atomic_write_text(Path(out), text)
     return text
@@ -291,11 +273,19 @@ def write_results(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> str
 class Analysis:
     """A run's finished points and what they say: the verdict and the post-hoc baseline."""
 
-    db: Any
-    run: Any
-    points: list
-    verdict: Any
-    temperature_scaled: dict[str, Any] | None
+    db: ResultStore
+    run: RunRecord
+    config: SweepConfig
+    points: list[Point]
+    verdict: Verdict
+    temperature_scaled: dict[str, Metric] | None
+
+
+def stored_config(rec: RunRecord) -> SweepConfig:
+    """The run's SweepConfig as stored (keys of older calmerge versions that no longer exist
+    are dropped; missing ones take today's defaults, which are what those versions used)."""
+    fields = SweepConfig.model_fields
+    return SweepConfig.model_validate({k: v for k, v in rec.config.items() if k in fields})
 
 
 def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Analysis:
@@ -304,45 +294,53 @@ def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Ana
     λ is picked on dev when the run has a dev split (reported on test); the temperature-scaling
     baseline is the aligned model's dev-fitted temperature applied to its test predictions.
     """
+    from calmerge.analysis.baseline import temperature_scaled
+    from calmerge.analysis.pareto import check_rule
     from calmerge.analysis.pareto import verdict as make_verdict
-    from calmerge.sweep.runner import load_points
+    from calmerge.results.points import load_points, point_predictions
 
+    check_rule(pick)
     db = _open_store(store)
     rec = db.run(run)
-    cfg = rec.config
-    points = load_points(db, rec.id, n_bins=int(cfg.get("n_bins", 10)))
+    cfg = stored_config(rec)
+    points = load_points(db, rec.id, n_bins=cfg.n_bins)
     if not points:
         raise StoreError(f"run {rec.id} has no finished points", "run or resume the sweep first")
     splits = {s for p in points for s in p.metrics}
-    ts = temperature_baseline(db, rec.id, n_boot=int(cfg.get("n_boot", 1000)))
+    aligned = point_predictions(db, rec.id, "linear", 1.0, ("dev", "test"))
+    ts = (
+        temperature_scaled(aligned.get("dev"), aligned.get("test"), n_boot=cfg.n_boot)
+        if aligned is not None
+        else None
+    )
     v = make_verdict(
         points,
         select_split="dev" if "dev" in splits else "test",
         report_split="test",
         rule=pick,
-        objectives=tuple(cfg["objectives"]) if cfg.get("objectives") else None,
+        objectives=cfg.objectives,
         temperature_scaled=ts,
-        n_boot=int(cfg.get("n_boot", 1000)),
-        seed=int(cfg.get("seed", 0)),
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
     )
-    return Analysis(db, rec, points, v, ts)
+    return Analysis(db, rec, cfg, points, v, ts)
 
 
 def report(
     store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
-) -> tuple[Any, Any]:
+) -> tuple[ReportPaths, Verdict]:
     """(Re)write the HTML/Markdown report of a run from the store alone."""
     from calmerge.report import write_report
 
     a = analyse(store, run, pick=pick)
-    cfg = a.run.config
+    cfg = a.config
     meta = {
         "run": f"{a.run.id} ({a.run.config_hash})",
-        "base": str(cfg.get("base")),
-        "aligned": str(cfg.get("aligned")),
-        "test data": str(cfg.get("data")),
-        "dev data": str(cfg.get("dev") or "none (pick chosen on test)"),
-        "scoring": f"{cfg.get('mode')} · {cfg.get('prompt_format')} prompts · {cfg.get('dtype')}",
+        "base": cfg.base,
+        "aligned": cfg.aligned,
+        "test data": cfg.data,
+        "dev data": cfg.dev or "none (pick chosen on test)",
+        "scoring": f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}",
         "store": str(Path(store)),
     }
     paths = write_report(
@@ -352,93 +350,36 @@ def report(
         title=a.run.name,
         meta=meta,
         temperature_scaled=a.temperature_scaled,
-        examples=example_tables(a.db, a.run.id, a.verdict),
+        examples=example_tables(a),
     )
     return paths, a.verdict
 
 
-def example_tables(db: Any, run_id: int, verdict: Any, *, limit: int = 6) -> list[Any]:
+def example_tables(a: Analysis, *, limit: int = 6) -> list[Table]:
     """Text the report quotes: sample generations of base/aligned/pick, and test questions the
     pick answers differently from the aligned model (what merging changed, item by item)."""
+    from calmerge.analysis.examples import changed_answers, sample_generations
     from calmerge.analysis.pareto import point_label
-    from calmerge.report.content import Row, Table
+    from calmerge.report.examples import changed_table, generations_table
+    from calmerge.results.points import point_record
 
-    ids = {(p.family, p.lam): p.id for p in db.points(run_id, status="done")}
-    roles = [("base", verdict.base), ("aligned", verdict.aligned), ("pick", verdict.pick)]
+    db, run_id, v = a.db, a.run.id, a.verdict
+    roles = [("base", v.base), ("aligned", v.aligned), ("pick", v.pick)]
+    records = [point_record(db, run_id, p.family, p.lam) for _, p in roles]
     cols = [f"{role} ({point_label(p)})" for role, p in roles]
     tables = []
     prompts = db.prompts(run_id)
     if prompts:
-        gens = [db.generations(ids[(p.family, p.lam)]) for _, p in roles]
-        rows = [
-            Row([text, *("\n".join(g.get(pid, [])[:2]) for g in gens)])
-            for pid, text in list(prompts.items())[:limit]
-        ]
-        tables.append(Table("gen", "Sample generations (first two samples)", ["prompt", *cols], rows))
-    split = verdict.report_split
+        gens = [db.generations(r.id) for r in records]
+        tables.append(generations_table(cols, sample_generations(prompts, gens, limit=limit)))
+    split = v.report_split
     items = db.items(run_id, split)
-    aligned_preds = db.predictions(ids[(verdict.aligned.family, verdict.aligned.lam)], split)
-    pick_preds = db.predictions(ids[(verdict.pick.family, verdict.pick.lam)], split)
-    rows = []
-    for item, a, p in zip(items, aligned_preds, pick_preds, strict=False):
-        if a.pred != p.pred and len(rows) < limit:
-            choice = item["choices"]
-            mark = {True: "✓", False: "✗"}
-            rows.append(
-                Row([
-                    item["question"],
-                    choice[item["answer"]],
-                    f"{choice[a.pred]} {mark[a.pred == item['answer']]} ({a.confidence:.2f})",
-                    f"{choice[p.pred]} {mark[p.pred == item['answer']]} ({p.confidence:.2f})",
-                ])
-            )
+    aligned_preds = db.predictions(records[1].id, split)
+    pick_preds = db.predictions(records[2].id, split)
     if items and aligned_preds and pick_preds:
-        tables.append(
-            Table(
-                split,
-                f"Questions ({split}) the pick answers differently from the aligned model",
-                ["question", "answer", cols[1], cols[2]],
-                rows,
-            )
-        )
+        changed = changed_answers(items, aligned_preds, pick_preds, limit=limit)
+        tables.append(changed_table(split, cols[1], cols[2], changed))
     return tables
-
-
-def temperature_baseline(db: Any, run_id: int, *, n_boot: int = 1000) -> dict[str, Any] | None:
-    """Metrics of the aligned model (linear λ=1) after temperature scaling fitted on dev.
-
-    This is the post-hoc calibration fix merging is compared with. None without a dev split.
-    """
-    import numpy as np
-
-    from calmerge.analysis.pareto import Metric
-    from calmerge.eval.calibration import compute_metrics, fit_temperature
-    from calmerge.eval.score import finalize
-
-    aligned = next(
-        (p for p in db.points(run_id, status="done") if p.family == "linear" and p.lam == 1.0), None
-    )
-    if aligned is None:
-        return None
-    dev, test = db.predictions(aligned.id, "dev"), db.predictions(aligned.id, "test")
-    if not dev or not test:
-        return None
-
-    def arrays(preds):
-        width = max(len(p.logprobs) for p in preds)
-        ll = np.full((len(preds), width), -np.inf)
-        for i, p in enumerate(preds):
-            ll[i, : len(p.logprobs)] = p.logprobs
-        return ll, np.isfinite(ll), np.array([p.answer for p in preds])
-
-    dev_ll, _, dev_y = arrays(dev)
-    temp = fit_temperature(dev_ll, dev_y)
-    ll, mask, y = arrays(test)
-    scaled = finalize([p.item_id for p in test], ll / temp, mask, y, np.ones_like(ll), "loglik")
-    ms = compute_metrics(scaled, n_boot=n_boot)
-    out = {k: Metric(m.value, m.lo, m.hi) for k, m in ms.items()}
-    out["temperature"] = Metric(float(temp), float("nan"), float("nan"))
-    return out
 
 
 def export(
@@ -449,16 +390,17 @@ def export(
     out: str | Path,
     force: bool = False,
     max_shard_size: str = "5GB",
-) -> tuple[Path, Any]:
+) -> tuple[Path, Point]:
     """Write the picked merge of a run through the merge engine; its model card carries the
     measured metrics and the accuracy-vs-ECE and reliability figures."""
     import tempfile
 
     from calmerge.merge.engine import merge_pair
+    from calmerge.report.card import card_metrics
     from calmerge.report.figures import make_figures
 
     a = analyse(store, run, pick=pick)
-    point, cfg = a.verdict.pick, a.run.config
+    point, cfg = a.verdict.pick, a.config
     with tempfile.TemporaryDirectory(prefix="calmerge-card-") as tmp:
         figs = make_figures(a.points, a.verdict, Path(tmp), a.temperature_scaled)
         files = {
@@ -466,47 +408,29 @@ def export(
             for key in ("acc_vs_ece", "reliability")
             if key in figs
         }
+    card = card_metrics(
+        point, run_id=a.run.id, run_name=a.run.name, rule=pick, verdict=a.verdict,
+        figures=list(files),
+    )
     path = merge_pair(
-        cfg["base"],
-        cfg["aligned"],
+        cfg.base,
+        cfg.aligned,
         point.lam,
         Path(out),
         method=point.family,
+        density=cfg.density,
+        seed=cfg.seed,
         force=force,
         max_shard_size=max_shard_size,
-        model_card_extra=model_card_metrics(point, a.run, pick, a.verdict, list(files)),
+        model_card_extra=card,
         extra_files=files,
-        params=None
-        if point.family in ("linear", "slerp")
-        else {"density": cfg.get("density", 0.5), "seed": cfg.get("seed", 0)},
+        allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
     )
     return path, point
 
 
-def model_card_metrics(
-    point: Any, rec: Any, pick: str, verdict: Any, figures: Sequence[str] = ()
-) -> str:
-    """The model card's measured section: how the point was picked, the verdict, its metrics."""
-    lines = [
-        "## Measured by calmerge",
-        "",
-        f"Picked `{point.family}` λ={point.lam:g} by rule `{pick}` from sweep run {rec.id}"
-        f" ({rec.name}).",
-        "",
-        *[f"- {s}" for s in verdict.sentences],
-        "",
-        "| split | metric | value | 95% interval |",
-        "|---|---|---|---|",
-    ]
-    for split, ms in sorted(point.metrics.items()):
-        for name, m in sorted(ms.items()):
-            interval = "" if m.lo != m.lo else f"{m.lo:.4f} – {m.hi:.4f}"
-            lines.append(f"| {split} | {name} | {m.value:.4f} | {interval} |")
-    lines += ["", *[f"![{Path(f).stem}]({f})" for f in figures]]
-    return "\n".join(lines) + "\n"
-
-
-def _open_store(store: str | Path):
+def _open_store(store: str | Path) -> ResultStore:
     from calmerge.results.store import ResultStore
 
     path = Path(store)
@@ -546,11 +470,11 @@ def build_organism(
     out: str | Path | None = None,
     *,
     seed: int = 0,
-    recipe: Any = None,
+    recipe: Recipe | str | Path | None = None,
     cache_dir: str | Path | None = None,
     progress: bool = True,
     force: bool = False,
-) -> Any:
+) -> OrganismPaths:
     """Build (or reuse from the cache) the built-in base/aligned pair; returns OrganismPaths.
 
     `recipe` is an `organism.Recipe` or a path to a YAML recipe; None is the demo's recipe.
@@ -563,7 +487,7 @@ def build_organism(
     )
 
 
-def load_organism_recipe(recipe: Any) -> Any:
+def load_organism_recipe(recipe: Recipe | str | Path | None) -> Recipe:
     """A Recipe from a Recipe, a YAML path, or None (the default recipe)."""
     from calmerge.config import load_yaml, validate
     from calmerge.organism import Recipe, default_recipe

@@ -122,7 +122,9 @@ def merge_cmd(
     lam: Annotated[
         str | None, typer.Option("--lam", help="θ = θ_base + λ(θ_aligned − θ_base); any real λ.")
     ] = None,
-    method: Annotated[str, typer.Option(help="Method for --base/--aligned merges.")] = "linear",
+    method: Annotated[
+        str, typer.Option(help="λ-family for --base/--aligned merges: linear, slerp, ties, ….")
+    ] = "linear",
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
     max_shard_size: Annotated[str, typer.Option(help="Largest output shard, e.g. 5GB.")] = "5GB",
     compute_dtype: Annotated[
@@ -138,7 +140,6 @@ def merge_cmd(
 ) -> None:
     """Merge two models at λ, or run a merge YAML; written atomically to -o."""
     from calmerge import api
-    from calmerge.config import load_merge_config
     from calmerge.errors import ConfigError
 
     if out is None:
@@ -151,11 +152,9 @@ def merge_cmd(
         if any(v is None for v in pair):
             raise ConfigError("merge: --base, --aligned and --lam are required without a config",
                               "or pass a merge YAML")
-        from calmerge.merge.engine import pair_config
-
-        cfg = pair_config(base, aligned, _parse_lambda(lam), method=method)
+        cfg = api.pair_config(base, aligned, _parse_lambda(lam), method=method)
     else:
-        cfg = load_merge_config(config)
+        cfg = api.load_merge_config(config)
     result = api.merge(
         cfg, out, force=force, max_shard_size=max_shard_size, compute_dtype=compute_dtype,
         out_dtype=out_dtype, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
@@ -169,12 +168,20 @@ def merge_cmd(
 
 # ───────────────────────────── evaluation (eval) ─────────────────────────────
 
-_EVAL_ROWS = (
-    ("acc", "accuracy"), ("acc_norm", "accuracy (length-normalised)"),
-    ("ece", "ECE (10 equal-width bins)"), ("ece_mass", "ECE (equal-mass bins)"),
-    ("mce", "MCE"), ("smece", "smooth ECE"), ("brier", "Brier"), ("nll", "NLL"),
-    ("auroc", "AUROC (confidence→correct)"), ("entropy", "answer entropy (nats)"),
-)
+def _eval_rows(metrics: dict, diversity: dict | None) -> list[tuple[str, str, str]]:
+    """('name: label', value, 95% interval) per measured metric, in the metric registry's
+    order: the registry is the one list of metrics, so the CLI keeps none. The name is shown
+    because it is what `--objectives` and the results table use."""
+    from calmerge.eval.metrics import METRICS
+
+    rows = []
+    for spec in METRICS.values():
+        if spec.name in metrics:
+            m = metrics[spec.name]
+            rows.append((f"{spec.name}: {spec.label}", f"{m.value:.4f}", f"[{m.lo:.4f}, {m.hi:.4f}]"))
+        elif diversity and spec.name in diversity:
+            rows.append((f"{spec.name}: {spec.label}", f"{diversity[spec.name]:.4f}", ""))
+    return rows
 
 
 @app.command("eval")
@@ -230,11 +237,8 @@ def eval_cmd(
     table = Table(title=f"{model} — {len(report.result)} items, {cfg.mode}", title_justify="left")
     for col in ("metric", "value", "95% interval"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for key, label in _EVAL_ROWS:
-        m = report.metrics[key]
-        table.add_row(label, f"{m.value:.4f}", f"[{m.lo:.4f}, {m.hi:.4f}]")
-    for key, value in (report.diversity or {}).items():
-        table.add_row(f"diversity: {key}", f"{value:.4f}", "")
+    for row in _eval_rows(report.metrics, report.diversity):
+        table.add_row(*row)
     console.print(table)
     console.print(f"scored in {report.seconds:.1f} s", highlight=False)
     if report.output is not None:

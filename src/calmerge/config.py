@@ -11,7 +11,28 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from calmerge.errors import ConfigError, did_you_mean
+from calmerge.dtypes import Device, EvalDtype, MergeDtype
+from calmerge.errors import CalmergeError, ConfigError, did_you_mean
+from calmerge.merge.families import FAMILIES
+from calmerge.merge.methods import get_method
+
+
+class Choice(ValueError):
+    """A registry's refusal inside a validator: pydantic only catches ValueError, and
+    `config_error` turns it into one line carrying the registry's own hint ("did you mean")."""
+
+    def __init__(self, exc: CalmergeError) -> None:
+        super().__init__(exc.message)
+        self.hint = exc.hint
+
+
+def choice(check: Any, name: Any) -> Any:
+    """Run a registry check on `name` at config time; a refusal becomes a `Choice` error."""
+    try:
+        check(name)
+    except CalmergeError as exc:
+        raise Choice(exc) from None
+    return name
 
 
 class Frozen(BaseModel):
@@ -59,9 +80,10 @@ def config_error(exc: ValidationError, model: type[BaseModel], source: str) -> C
             f"{source}: unknown key '{loc}'", did_you_mean(key, fields) or f"allowed: {sorted(fields)}"
         )
     msg = str(err["msg"]).removeprefix("Value error, ")
+    hint = getattr(err.get("ctx", {}).get("error"), "hint", None) or "fix the value and re-run"
     if not err["loc"]:
-        return ConfigError(f"{source}: {msg}", "fix the value and re-run")
-    return ConfigError(f"{source}: '{loc}': {msg}", "fix the value and re-run")
+        return ConfigError(f"{source}: {msg}", hint)
+    return ConfigError(f"{source}: '{loc}': {msg}", hint)
 
 
 def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
@@ -88,9 +110,6 @@ def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
 
 
 # ───────────────────────────── merge engine ─────────────────────────────
-
-MergeDtype = Literal["float32", "float64", "bfloat16", "float16"]
-
 
 class MergeModel(Frozen):
     """One input model and its own parameters (highest precedence)."""
@@ -122,15 +141,10 @@ class MergeConfig(Frozen):
             return [{"model": m} if isinstance(m, str) else m for m in v]
         return v
 
-
-def load_merge_config(path: Path) -> MergeConfig:
-    """Read our merge YAML, or a mergekit YAML (recognised by its `merge_method` key)."""
-    data = load_yaml(path)
-    if "merge_method" in data:
-        from calmerge.merge.mergekit_compat import from_mergekit
-
-        return from_mergekit(data, str(path))
-    return validate(MergeConfig, data, str(path))
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        return choice(get_method, v)
 
 
 # ───────────────────────────── evaluation ─────────────────────────────
@@ -148,8 +162,8 @@ class EvalSettings(Frozen):
     mode: Literal["loglik", "letter"] = "loglik"
     prompt_template: str | None = None
     prompt_format: Literal["plain", "chat"] = "plain"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: EvalDtype = "float32"
+    device: Device = "auto"
     batch_size: int = Field(32, ge=1)
     samples: int = Field(8, ge=2, le=256)
     temperature: float = Field(1.0, gt=0)
@@ -216,7 +230,23 @@ class SweepConfig(EvalSettings):
     def _families(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("at least one family is needed")
-        return v
+        for name in v:
+            choice(FAMILIES.get, name)
+        return tuple(dict.fromkeys(v))
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        from calmerge.analysis.pareto import check_objectives  # numpy: only when validating
+
+        return choice(check_objectives, v) if v is not None else v
+
+    @field_validator("pick")
+    @classmethod
+    def _pick(cls, v: str) -> str:
+        from calmerge.analysis.pareto import check_rule
+
+        return choice(check_rule, v)
 
     @model_validator(mode="after")
     def _parents_in_grid(self) -> SweepConfig:
@@ -229,13 +259,40 @@ class SweepConfig(EvalSettings):
         return tuple(sorted(set(self.grid) | set(self.extrapolate)))
 
     def eval_identity(self) -> dict[str, Any]:
-        """The settings that change a point's numbers; the grid and paths are not among them."""
-        keep = (
-            "mode", "prompt_template", "prompt_format", "fewshot", "dtype", "samples",
-            "temperature", "top_p", "max_new_tokens", "embed_diversity", "seed", "n_boot",
-            "n_bins", "density",
-        )
-        return {k: getattr(self, k) for k in keep}
+        """The settings that change a point's numbers: every field not in IDENTITY_EXCLUDED.
+
+        Derived rather than listed, so a new setting is part of the identity (a changed value
+        starts a new run) unless it is excluded here with a reason — a setting forgotten on a
+        hand-kept list would silently reuse results computed under another value.
+        """
+        return {
+            k: getattr(self, k) for k in type(self).model_fields if k not in IDENTITY_EXCLUDED
+        }
+
+
+#: SweepConfig fields that do not change any stored number, each with the reason.
+IDENTITY_EXCLUDED: dict[str, str] = {
+    "base": "identified by the checkpoint's fingerprint, not its path",
+    "aligned": "identified by the checkpoint's fingerprint, not its path",
+    "data": "identified by the sha256 of the items, not the path",
+    "dev": "identified by the sha256 of the items, not the path",
+    "prompts": "identified by the sha256 of the file, not the path",
+    "name": "a label",
+    "grid": "which points are computed, not what a point is (points are keyed by λ)",
+    "extrapolate": "which points are computed, not what a point is",
+    "refine": "which points are computed, not what a point is",
+    "resolution": "which points are computed, not what a point is",
+    "max_refine_points": "which points are computed, not what a point is",
+    "families": "points are keyed by family",
+    "objectives": "analysis of stored points only",
+    "pick": "analysis of stored points only",
+    "store": "where results go",
+    "out": "where the report goes",
+    "allow_pickle": "a permission to load a format, not a setting of the computation",
+    "trust_remote_code": "a permission to run the checkpoint's code, not a setting",
+    "device": "where it runs; scores agree across devices within float tolerance",
+    "batch_size": "how many questions share a forward pass; packing is exact per question",
+}
 
 
 def parse_grid(text: str) -> tuple[float, ...]:

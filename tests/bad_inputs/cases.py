@@ -173,6 +173,20 @@ def unknown_key(tmp, pair):
     return ["merge", str(y), "-o", OUT]
 
 
+def nan_weight(tmp, pair):
+    y = tmp / "m.yml"
+    y.write_text(f"merge_method: linear\nmodels:\n  - model: {pair[0]}\n    parameters:\n      weight: 0.5\n"
+                 f"  - model: {pair[1]}\n    parameters:\n      weight: .nan\n")
+    return ["merge", str(y), "-o", OUT]
+
+
+def inf_slerp_t(tmp, pair):
+    y = tmp / "m.yml"
+    y.write_text(f"merge_method: slerp\nbase_model: {pair[0]}\nmodels:\n  - model: {pair[1]}\n"
+                 "parameters:\n  t: .inf\n")
+    return ["merge", str(y), "-o", OUT]
+
+
 def non_numeric_lambda(tmp, pair):
     return ["merge", "--base", str(pair[0]), "--aligned", str(pair[1]), "--lam", "abc", "-o", OUT]
 
@@ -290,6 +304,8 @@ CASES: list[Case] = [
     Case("missing-model", "Model path that does not exist", missing_model, "no-such-model"),
     Case("unknown-method", "Unknown merge method in a YAML", unknown_method, "lineer"),
     Case("unknown-config-key", "Unknown key in a merge YAML (did you mean)", unknown_key, "modles"),
+    Case("nan-merge-weight", "`weight: .nan` in a merge YAML", nan_weight, "parameter 'weight' of model"),
+    Case("inf-slerp-t", "`t: .inf` in a slerp YAML", inf_slerp_t, "parameter 't'"),
     Case("non-numeric-lambda", "Non-numeric λ on the command line", non_numeric_lambda, "abc"),
     Case("malformed-yaml", "YAML that does not parse", malformed_yaml, "m.yml"),
     Case("output-is-file", "Output path is an existing file", output_is_file, "a-file"),

@@ -5,6 +5,11 @@ refine), by the report and by `calmerge export --pick`. Keeping every function a
 computation over `Point`s (no store, no files, no globals besides two registries) means all
 three see identical answers and tests can hand-work every case.
 
+Objectives are metrics of the one metric registry (`calmerge.eval.metrics`): which names are
+objectives, which way is better and which diversity metric is the default third objective are
+read from each metric's spec, never listed here, so a metric cannot be measured under one name
+and looked for under another.
+
 The question the verdict answers is the paper's: is some merge θ(λ) more accurate than *both*
 parents, and how much of the calibration the alignment lost does it recover? λ is chosen on one
 split (dev) and reported on another (test), so the reported numbers carry no selection bias.
@@ -20,17 +25,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from calmerge.errors import ConfigError, did_you_mean
+from calmerge.eval.metrics import GENERATION_SPLIT, METRICS, Metric, diversity_candidates
+
+# (GENERATION_SPLIT and Metric stay importable from here: the points loader and sweep use them)
 
 # ───────────────────────────────────────── data ──────────────────────────────────────────────
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A measured value with its bootstrap 95% interval (lo/hi are nan when unknown)."""
-
-    value: float
-    lo: float
-    hi: float
 
 
 @dataclass(frozen=True)
@@ -44,45 +43,10 @@ class Point:
     correct: dict[str, np.ndarray] | None = None
 
 
-#: Diversity metrics come from sampled generations, which do not depend on the multiple-choice
-#: split; the sweep stores them under this split name and objectives fall back to it.
-GENERATION_SPLIT = "gen"
-
 # ─────────────────────────────────────── objectives ──────────────────────────────────────────
 
-#: metric name -> the direction that is better. A registry so a new metric is one line here.
-OBJECTIVES: dict[str, str] = {
-    "acc": "max",
-    "acc_norm": "max",
-    "auroc": "max",
-    "ece": "min",
-    "ece_mass": "min",
-    "mce": "min",
-    "brier": "min",
-    "nll": "min",
-    "smece": "min",
-    "entropy": "max",
-    "distinct_1": "max",
-    "distinct_2": "max",
-    "distinct_3": "max",
-    "self_bleu": "min",
-    "embed_div": "max",
-    "distinct_answers": "max",
-}
-
-#: Diversity metrics in order of preference for the default third objective: distinct-2 is the
-#: most common in the alignment-tax literature and needs no embedding model.
-DIVERSITY_METRICS: tuple[str, ...] = (
-    "distinct_2",
-    "embed_div",
-    "distinct_1",
-    "distinct_3",
-    "self_bleu",
-    "distinct_answers",
-    "entropy",
-)
-
-DEFAULT_OBJECTIVES: tuple[str, ...] = ("acc", "ece")
+#: accuracy ↑ and calibration ↓: the trade-off the alignment tax is about
+DEFAULT_OBJECTIVES: tuple[str, ...] = tuple(METRICS.check(m) for m in ("acc", "ece"))
 
 
 def metric_of(point: Point, name: str, split: str) -> Metric | None:
@@ -101,22 +65,22 @@ def value_of(point: Point, name: str, split: str) -> float:
 
 
 def default_objectives(points: Sequence[Point], split: str) -> tuple[str, ...]:
-    """acc ↑ and ece ↓, plus the first diversity metric every point has (if any)."""
-    for name in DIVERSITY_METRICS:
-        if points and all(metric_of(p, name, split) is not None for p in points):
-            return (*DEFAULT_OBJECTIVES, name)
+    """acc ↑ and ece ↓, plus the most preferred diversity metric (lowest `diversity_rank`)
+    that every point has, if any."""
+    for spec in diversity_candidates():
+        if points and all(metric_of(p, spec.name, split) is not None for p in points):
+            return (*DEFAULT_OBJECTIVES, spec.name)
     return DEFAULT_OBJECTIVES
 
 
-def _check_objectives(objectives: Sequence[str]) -> None:
+def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+    """The objectives if each is a registered metric, else one line with "did you mean".
+
+    Public so configs are checked when they are built, before any point is computed.
+    """
     if not objectives:
         raise ConfigError("no objectives given", "use e.g. acc,ece")
-    for name in objectives:
-        if name not in OBJECTIVES:
-            raise ConfigError(
-                f"unknown objective '{name}'",
-                did_you_mean(name, OBJECTIVES) or f"choose from {', '.join(OBJECTIVES)}",
-            )
+    return tuple(METRICS.check(name) for name in objectives)
 
 
 def oriented(point: Point, objectives: Sequence[str], split: str) -> np.ndarray:
@@ -131,7 +95,7 @@ def oriented(point: Point, objectives: Sequence[str], split: str) -> np.ndarray:
         if math.isnan(v):
             out[i] = -math.inf
         else:
-            out[i] = v if OBJECTIVES[name] == "max" else -v
+            out[i] = v if METRICS.get(name).higher_is_better else -v
     return out
 
 
@@ -146,7 +110,7 @@ def pareto_front(points: Sequence[Point], objectives: Sequence[str], split: str)
     Points with identical objective vectors do not dominate each other, so all copies of a
     non-dominated vector stay on the frontier. O(n²) comparisons: a sweep has tens of points.
     """
-    _check_objectives(objectives)
+    check_objectives(objectives)
     vecs = [oriented(p, objectives, split) for p in points]
     return [
         p
@@ -293,7 +257,7 @@ def knee_point(front: Sequence[Point], objectives: Sequence[str], split: str) ->
     if not front:
         raise ConfigError("no points to pick from", "run the sweep first")
     objectives = tuple(objectives)
-    _check_objectives(objectives)
+    check_objectives(objectives)
     vecs = np.array([oriented(p, objectives, split) for p in front], dtype=float)
     vecs[~np.isfinite(vecs)] = np.nan
     lo, hi = np.nanmin(vecs, axis=0), np.nanmax(vecs, axis=0)
@@ -319,21 +283,49 @@ def knee_point(front: Sequence[Point], objectives: Sequence[str], split: str) ->
     return front[min(order, key=lambda i: gap[i])]
 
 
-_LAMBDA_RULE = re.compile(r"^(?:(?P<family>[A-Za-z_][\w-]*):)?(?:lambda|λ|t)=(?P<lam>[-+0-9.eE]+)$")
+_LAMBDA_RULE = re.compile(r"^(?:(?P<family>[A-Za-z_][\w-]*):)?(?:lambda|λ|t)=(?P<lam>.+)$")
 
 
-def _pick_lambda(points: Sequence[Point], rule: str) -> Point | None:
-    """`lambda=0.6` (linear family, else the only family) or `slerp:lambda=0.5`; None if no match."""
+def _lambda_rule(rule: str) -> tuple[str | None, float] | None:
+    """(family or None, λ) of `lambda=0.6` / `slerp:lambda=0.5`; None if the rule is not one."""
     m = _LAMBDA_RULE.match(rule.strip())
     if m is None:
         return None
     try:
-        lam = float(m["lam"])
+        return m["family"], float(m["lam"])
     except ValueError:
         raise ConfigError(f"cannot read λ in pick rule '{rule}'", "write e.g. lambda=0.6") from None
+
+
+def _rule_fn(rule: str) -> PickFn:
+    fn = PICK_RULES.get(rule)
+    if fn is None:
+        options = [*PICK_RULES, "lambda=<x>"]
+        raise ConfigError(
+            f"unknown pick rule '{rule}'",
+            did_you_mean(rule, PICK_RULES) or f"choose from {', '.join(options)}",
+        )
+    return fn
+
+
+def check_rule(rule: str) -> str:
+    """The rule if it is a registered pick rule or reads as `[family:]lambda=X`, else one line
+    with "did you mean". Public so configs and `analyse` refuse a bad rule before any work
+    (whether the λ was computed can only be known from the points)."""
+    if _lambda_rule(rule) is None:
+        _rule_fn(rule)
+    return rule
+
+
+def _pick_lambda(points: Sequence[Point], rule: str) -> Point | None:
+    """`lambda=0.6` (linear family, else the only family) or `slerp:lambda=0.5`; None if no match."""
+    parsed = _lambda_rule(rule)
+    if parsed is None:
+        return None
+    named, lam = parsed
     families = sorted({p.family for p in points})
-    family = m["family"] or ("linear" if "linear" in families or not families else families[0])
-    if m["family"] is None and "linear" not in families and len(families) > 1:
+    family = named or ("linear" if "linear" in families or not families else families[0])
+    if named is None and "linear" not in families and len(families) > 1:
         raise ConfigError(
             f"pick rule '{rule}' is ambiguous: families {', '.join(families)}",
             f"name the family, e.g. {families[0]}:lambda={lam:g}",
@@ -361,15 +353,9 @@ def pick(
     by_lam = _pick_lambda(points, rule)
     if by_lam is not None:
         return by_lam
-    fn = PICK_RULES.get(rule)
-    if fn is None:
-        options = [*PICK_RULES, "lambda=<x>"]
-        raise ConfigError(
-            f"unknown pick rule '{rule}'",
-            did_you_mean(rule, PICK_RULES) or f"choose from {', '.join(options)}",
-        )
+    fn = _rule_fn(rule)
     objs = tuple(objectives) if objectives else default_objectives(points, split)
-    _check_objectives(objs)
+    check_objectives(objs)
     return fn(points, split, objs)
 
 

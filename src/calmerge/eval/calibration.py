@@ -9,17 +9,20 @@ Conventions (all computed in float64):
 - Smooth ECE is Błasiok & Nakkiran's smECE with a reflected Gaussian kernel and its
   self-consistent bandwidth — the algorithm of `relplot.smECE`, with FFT convolution.
 
-`compute_metrics` turns a `ScoreResult` into every metric with paired bootstrap 95% intervals;
-metrics are registered with `@metric(name)`, so adding one is one function.
+`compute_metrics` turns a `ScoreResult` into every choice metric of the registry
+(`calmerge.eval.metrics`, where each metric's direction, label and batched form are declared)
+with paired bootstrap 95% intervals. This module holds only numbers: the metric functions, their
+replicate-batched forms (`*_rows`) and the bootstrap.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from calmerge.eval.metrics import View
 
 # ───────────────────────────── pure metrics ─────────────────────────────
 
@@ -228,30 +231,6 @@ def reliability_bins(confidences: Any, correct: Any, n_bins: int = 10) -> list[d
     return out
 
 
-def bootstrap_ci(
-    fn: Callable[..., float],
-    *arrays: Any,
-    n_boot: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap (1−alpha) interval of `fn(*arrays)`, resampling items jointly."""
-    arrs = [np.asarray(a) for a in arrays]
-    n = len(arrs[0])
-    if n_boot <= 0 or n < 2:
-        value = fn(*arrs)
-        return value, value
-    rng = np.random.default_rng(seed)
-    stats = np.array(
-        [fn(*(a[idx] for a in arrs)) for idx in rng.integers(0, n, size=(n_boot, n))]
-    )
-    stats = stats[np.isfinite(stats)]
-    if not stats.size:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(stats, [alpha / 2, 1 - alpha / 2])
-    return float(lo), float(hi)
-
-
 # ───────────────────────────── temperature scaling ─────────────────────────────
 
 
@@ -288,19 +267,10 @@ def fit_temperature(logits: Any, labels: Any) -> float:
     return float(np.exp(res.x))
 
 
-# ───────────────────────────── metric registry ─────────────────────────────
+# ───────────────────────────── bootstrap ─────────────────────────────
 
-
-@dataclass(frozen=True)
-class Metric:
-    """A point estimate and its bootstrap 95% interval."""
-
-    value: float
-    lo: float
-    hi: float
-
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "lo": self.lo, "hi": self.hi}
+# smECE costs ~ms per replicate even side by side; its bootstrap uses this many replicates.
+EXPENSIVE_BOOT_CAP = 100
 
 
 class Resamples:
@@ -326,95 +296,44 @@ class Resamples:
         return [self.counts @ onehot] + [self.counts @ (onehot * v[:, None]) for v in values]
 
 
-MetricFn = Callable[[dict[str, np.ndarray], int], float]
-RowsFn = Callable[[dict[str, np.ndarray], Resamples, int], np.ndarray]
-METRICS: dict[str, MetricFn] = {}
-#: the same metric for every bootstrap replicate at once (tested equal to METRICS on each)
-METRIC_ROWS: dict[str, RowsFn] = {}
-HIGHER_IS_BETTER: dict[str, bool] = {}
-# smECE costs ~ms per replicate even side by side; its bootstrap uses this many replicates.
-EXPENSIVE_BOOT_CAP = 100
-_EXPENSIVE = {"smece"}
+# The replicate-batched forms the registry names as `rows`: fn(view, resamples, n_bins) gives
+# the metric of every bootstrap replicate at once, shape (B,) — tested equal, replicate by
+# replicate, to the point metric on that resample.
 
 
-def metric(name: str, higher_is_better: bool) -> Callable[[MetricFn], MetricFn]:
-    """Register `fn(view, n_bins) -> float`; `view` holds the per-item arrays of a result."""
-
-    def deco(fn: MetricFn) -> MetricFn:
-        METRICS[name] = fn
-        HIGHER_IS_BETTER[name] = higher_is_better
-        return fn
-
-    return deco
-
-
-def metric_rows(name: str) -> Callable[[RowsFn], RowsFn]:
-    """Register the replicate-batched form of metric `name`: `fn(view, resamples, n_bins)`."""
-
-    def deco(fn: RowsFn) -> RowsFn:
-        METRIC_ROWS[name] = fn
-        return fn
-
-    return deco
-
-
-def _item_brier(v: dict[str, np.ndarray]) -> np.ndarray:
+def _item_brier(v: View) -> np.ndarray:
     p = v["probs"]
     onehot = np.zeros_like(p)
     onehot[np.arange(len(p)), v["answer"]] = 1.0
     return np.sum((p - onehot) ** 2, axis=1)
 
 
-def _item_nll(v: dict[str, np.ndarray]) -> np.ndarray:
+def _item_nll(v: View) -> np.ndarray:
     gold = v["probs"][np.arange(len(v["probs"])), v["answer"]]
     return -np.log(np.clip(gold, 1e-15, 1.0))
 
 
-def _item_entropy(v: dict[str, np.ndarray]) -> np.ndarray:
+def _item_entropy(v: View) -> np.ndarray:
     p = v["probs"]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(p > 0, -p * np.log(p), 0.0).sum(axis=1)
 
 
-@metric("acc", True)
-def _acc(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return float(np.mean(v["correct"]))
-
-
-@metric_rows("acc")
-def _acc_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def acc_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return r.mean(v["correct"])
 
 
-@metric("acc_norm", True)
-def _acc_norm(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return float(np.mean(v["correct_norm"]))
-
-
-@metric_rows("acc_norm")
-def _acc_norm_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def acc_norm_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return r.mean(v["correct_norm"])
 
 
-@metric("ece", False)
-def _ece(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return expected_calibration_error(v["confidence"], v["correct"], n_bins)
-
-
-@metric_rows("ece")
-def _ece_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def ece_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     bins = equal_width_bins(v["confidence"], n_bins)
     _, conf, acc = r.binned(bins, n_bins, v["confidence"], v["correct"])
     return np.abs(acc - conf).sum(axis=1) / r.n
 
 
-@metric("ece_mass", False)
-def _ece_mass(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return equal_mass_ece(v["confidence"], v["correct"], n_bins)
-
-
-@metric_rows("ece_mass")
-def _ece_mass_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def ece_mass_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     """Equal-mass bins over each replicate's sorted confidences: the bin edges fall at fixed
     positions of the sorted multiset, found in the running multiplicities (ties between
     different items with equal confidence are ordered by item, not by draw)."""
@@ -438,13 +357,7 @@ def _ece_mass_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.nd
     return np.abs(np.diff(acc, axis=1) - np.diff(conf, axis=1)).sum(axis=1) / r.n
 
 
-@metric("mce", False)
-def _mce(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return max_calibration_error(v["confidence"], v["correct"], n_bins)
-
-
-@metric_rows("mce")
-def _mce_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def mce_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     bins = equal_width_bins(v["confidence"], n_bins)
     count, conf, acc = r.binned(bins, n_bins, v["confidence"], v["correct"])
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -452,43 +365,19 @@ def _mce_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray
     return gap.max(axis=1)
 
 
-@metric("brier", False)
-def _brier(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return brier_score(v["probs"], v["answer"])
-
-
-@metric_rows("brier")
-def _brier_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def brier_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return r.mean(_item_brier(v))
 
 
-@metric("nll", False)
-def _nll(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return nll(v["probs"], v["answer"])
-
-
-@metric_rows("nll")
-def _nll_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def nll_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return r.mean(_item_nll(v))
 
 
-@metric("smece", False)
-def _smece(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return smooth_ece(v["confidence"], v["correct"])
-
-
-@metric_rows("smece")
-def _smece_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def smece_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return smooth_ece_rows(v["confidence"][r.draws], v["correct"][r.draws])
 
 
-@metric("auroc", True)
-def _auroc(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return auroc(v["confidence"], v["correct"])
-
-
-@metric_rows("auroc")
-def _auroc_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def auroc_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     """Mann–Whitney U with multiplicities: each right answer beats the wrong ones of lower
     confidence (ties count ½); NaN where a replicate is all right or all wrong."""
     order = np.argsort(v["confidence"], kind="stable")
@@ -506,17 +395,12 @@ def _auroc_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarr
     return np.where((n_pos > 0) & (n_neg > 0), auc, np.nan)
 
 
-@metric("entropy", True)
-def _entropy(v: dict[str, np.ndarray], n_bins: int) -> float:
-    return answer_entropy(v["probs"])
-
-
-@metric_rows("entropy")
-def _entropy_rows(v: dict[str, np.ndarray], r: Resamples, n_bins: int) -> np.ndarray:
+def entropy_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return r.mean(_item_entropy(v))
 
 
-def _view(result: Any) -> dict[str, np.ndarray]:
+def _view(result: Any) -> View:
+    """The per-item arrays every choice metric reads, in float64 (answers as indices)."""
     return {
         "correct": np.asarray(result.correct, dtype=np.float64),
         "correct_norm": np.asarray(result.correct_norm, dtype=np.float64),
@@ -529,11 +413,13 @@ def _view(result: Any) -> dict[str, np.ndarray]:
 def compute_metrics(
     result: Any, *, n_boot: int = 1000, seed: int = 0, n_bins: int = 10
 ) -> dict[str, Metric]:
-    """Every registered metric of a ScoreResult with paired percentile-bootstrap 95% intervals.
+    """Every registered choice metric of a ScoreResult with paired percentile-bootstrap 95%
+    intervals, in registration order.
 
     All metrics share the same resampled item sets (so intervals of differences between metrics
-    of one run are coherent); smECE uses the first EXPENSIVE_BOOT_CAP of them. Each metric is
-    computed for all replicates at once (`METRIC_ROWS`) where it has a batched form.
+    of one run are coherent); an `expensive` metric uses the first EXPENSIVE_BOOT_CAP of them.
+    Each metric is computed for all replicates at once where its spec has a batched form
+    (`rows`), else once per replicate.
     """
     view = _view(result)
     n = len(view["correct"])
@@ -541,22 +427,30 @@ def compute_metrics(
     draws = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n > 1 else None
     resamples = {}
     out: dict[str, Metric] = {}
-    for name, fn in METRICS.items():
-        value = fn(view, n_bins)
-        if draws is None:
-            out[name] = Metric(value, value, value)
+    for spec in METRICS.values():
+        if spec.source != "choices":
             continue
-        use = draws[:EXPENSIVE_BOOT_CAP] if name in _EXPENSIVE else draws
-        if name in METRIC_ROWS:
+        value = spec.fn(view, n_bins)
+        if draws is None:
+            out[spec.name] = Metric(value, value, value)
+            continue
+        use = draws[:EXPENSIVE_BOOT_CAP] if spec.expensive else draws
+        if spec.rows is not None:
             if len(use) not in resamples:
                 resamples[len(use)] = Resamples(use)
-            stats = np.asarray(METRIC_ROWS[name](view, resamples[len(use)], n_bins))
+            stats = np.asarray(spec.rows(view, resamples[len(use)], n_bins))
         else:
-            stats = np.array([fn({k: a[idx] for k, a in view.items()}, n_bins) for idx in use])
+            stats = np.array([spec.fn({k: a[idx] for k, a in view.items()}, n_bins) for idx in use])
         stats = stats[np.isfinite(stats)]
         if stats.size:
             lo, hi = np.quantile(stats, [0.025, 0.975])
-            out[name] = Metric(value, float(lo), float(hi))
+            out[spec.name] = Metric(value, float(lo), float(hi))
         else:
-            out[name] = Metric(value, float("nan"), float("nan"))
+            out[spec.name] = Metric(value, float("nan"), float("nan"))
     return out
+
+
+# The registry names this module's functions, so it imports this module: imported last, when
+# everything it names exists, whichever of the two is imported first. `Metric` is re-exported
+# for the modules that import it from here.
+from calmerge.eval.metrics import METRICS, Metric  # noqa: E402

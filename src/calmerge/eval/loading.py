@@ -7,35 +7,10 @@ offline or missing checkpoints become a CheckpointError instead of a network tra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from calmerge.errors import CheckpointError, ConfigError
-
-Device = Literal["auto", "cpu", "cuda"]
-DType = Literal["float32", "bfloat16", "float16"]
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def resolve_device(device: str = "auto") -> str:
-    """'auto' → cuda when available, else cpu; asking for cuda without one is a user error."""
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ConfigError(f"--device '{device}': unknown", "use auto, cpu or cuda")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available", "use --device cpu")
-    return device
-
-
-def resolve_dtype(dtype: str = "float32") -> Any:
-    """Name → torch dtype."""
-    import torch
-
-    if dtype not in DTYPES:
-        raise ConfigError(f"--dtype '{dtype}': unknown", f"use one of {', '.join(DTYPES)}")
-    return getattr(torch, dtype)
+from calmerge.dtypes import eval_dtype, resolve_device
+from calmerge.errors import CheckpointError
 
 
 def load_tokenizer(source: str | Path, *, trust_remote_code: bool = False) -> Any:
@@ -63,7 +38,7 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI draws its own progress; tqdm bars are noise
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = eval_dtype(dtype)
     dev = resolve_device(device)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
     try:

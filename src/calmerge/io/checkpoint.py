@@ -20,6 +20,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calmerge.dtypes import FLOAT_TAGS, dtype_name, dtype_tag, itemsize, torch_dtype
 from calmerge.errors import CheckpointError
 
 if TYPE_CHECKING:  # torch is imported on first tensor access: planning a merge never needs it
@@ -29,52 +30,6 @@ SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
-
-#: safetensors dtype tags → (torch dtype name, bytes per element). Kept torch-free: headers,
-#: validation and the numpy merge kernels work on tags; torch dtypes are made on demand.
-TAGS: dict[str, tuple[str, int]] = {
-    "F64": ("float64", 8),
-    "F32": ("float32", 4),
-    "F16": ("float16", 2),
-    "BF16": ("bfloat16", 2),
-    "I64": ("int64", 8),
-    "I32": ("int32", 4),
-    "I16": ("int16", 2),
-    "I8": ("int8", 1),
-    "U8": ("uint8", 1),
-    "BOOL": ("bool", 1),
-    "F8_E4M3": ("float8_e4m3fn", 1),
-    "F8_E5M2": ("float8_e5m2", 1),
-}
-FLOAT_TAGS = frozenset({"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"})
-_NAME_TAGS = {name: tag for tag, (name, _) in TAGS.items()}
-
-
-def torch_dtype(tag: str) -> torch.dtype:
-    """The torch dtype of a safetensors tag (imports torch)."""
-    import torch
-
-    return getattr(torch, TAGS[tag][0] if tag in TAGS else tag)
-
-
-def dtype_tag(dtype: Any) -> str:
-    """The safetensors tag of a torch dtype or dtype name ('bfloat16' → 'BF16')."""
-    name = str(dtype).removeprefix("torch.")
-    return _NAME_TAGS.get(name, name)
-
-
-def dtype_name(tag: str) -> str:
-    """'BF16' → 'bfloat16' (the name torch and config.json use)."""
-    return TAGS[tag][0] if tag in TAGS else tag
-
-
-def __getattr__(name: str) -> Any:
-    """DTYPES (tag → torch dtype) and DTYPE_TAGS (the reverse), built on first use."""
-    if name == "DTYPES":
-        return {tag: torch_dtype(tag) for tag in TAGS}
-    if name == "DTYPE_TAGS":
-        return {torch_dtype(tag): tag for tag in TAGS}
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 _MAX_HEADER = 100 * 1024 * 1024
@@ -132,14 +87,14 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bytes]:
         try:
             begin, end = (int(x) for x in meta["data_offsets"])
             tag = meta["dtype"]
-            itemsize = TAGS[tag][1]
+            width = itemsize(tag)
             shape = tuple(int(d) for d in meta["shape"])
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path}: bad header entry for tensor '{name}'", hint) from None
         numel = 1
         for d in shape:
             numel *= d
-        if end - begin != numel * itemsize or begin < 0:
+        if end - begin != numel * width or begin < 0:
             raise CheckpointError(f"{path}: tensor '{name}' has inconsistent offsets", hint)
         data_end = max(data_end, end)
         tensors[name] = TensorInfo(path, base + begin, base + end, tag, shape)
@@ -566,10 +521,15 @@ def validate_pair(base: Checkpoint, aligned: Checkpoint) -> PairReport:
     return report
 
 
+def nonfinite_error(ckpt: Checkpoint, name: str) -> CheckpointError:
+    """The one error for NaN/Inf in an input tensor (torch path and kernel road alike)."""
+    return CheckpointError(
+        f"{ckpt.path}: tensor '{name}' contains NaN or Inf",
+        "the checkpoint is damaged; nothing was written",
+    )
+
+
 def check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
     """Raise naming the tensor when it holds NaN or Inf (checked while streaming)."""
     if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-        raise CheckpointError(
-            f"{ckpt.path}: tensor '{name}' contains NaN or Inf",
-            "the checkpoint is damaged; nothing was written",
-        )
+        raise nonfinite_error(ckpt, name)

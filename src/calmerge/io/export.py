@@ -19,15 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from calmerge.dtypes import dtype_name, dtype_tag, itemsize, torch_dtype
 from calmerge.errors import ConfigError, OutputError
-from calmerge.io.checkpoint import (
-    SAFE_INDEX,
-    SAFE_SINGLE,
-    TAGS,
-    Checkpoint,
-    dtype_tag,
-    torch_dtype,
-)
+from calmerge.io.checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -69,12 +63,6 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[unit])
 
 
-def dtype_name(dtype: torch.dtype | str) -> str:
-    """torch.bfloat16, 'bfloat16' or the tag 'BF16' → 'bfloat16'."""
-    text = str(dtype).removeprefix("torch.")
-    return TAGS[text][0] if text in TAGS else text
-
-
 # ───────────────────────────── streaming sharded safetensors ─────────────────────────────
 
 
@@ -99,7 +87,7 @@ class TensorSpec:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * TAGS[self.tag][1]
+        return self.numel * itemsize(self.tag)
 
 
 def assign_shards(specs: Sequence[TensorSpec], max_shard_size: int) -> list[list[TensorSpec]]:
@@ -258,7 +246,7 @@ def commit_dir(tmp: Path, out: Path) -> Path:
 # ───────────────────────────── metadata: config, tokenizer, card ─────────────────────────────
 
 
-def write_config(tmp: Path, source: Checkpoint, out_dtype: torch.dtype) -> None:
+def write_config(tmp: Path, source: Checkpoint, out_dtype: torch.dtype | str) -> None:
     """The reference model's config.json with its dtype field(s) set to the output dtype."""
     config = dict(source.config)
     keys = [k for k in ("torch_dtype", "dtype") if k in config] or ["torch_dtype"]

@@ -8,9 +8,11 @@ are refused by name rather than silently ignored. Dtype semantics stay mergekit'
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from calmerge.config import Frozen, MergeConfig, MergeDtype, validate
+from calmerge.config import Frozen, MergeConfig, load_yaml, validate
+from calmerge.dtypes import MergeDtype
 from calmerge.errors import ConfigError
 
 
@@ -43,6 +45,14 @@ _UNSUPPORTED = {
 }
 
 
+def load_merge_config(path: Path) -> MergeConfig:
+    """Read our merge YAML, or a mergekit YAML (recognised by its `merge_method` key)."""
+    data = load_yaml(path)
+    if "merge_method" in data:
+        return from_mergekit(data, str(path))
+    return validate(MergeConfig, data, str(path))
+
+
 def from_mergekit(data: dict[str, Any], source: str) -> MergeConfig:
     """Validate `data` as mergekit YAML and convert it; one-line ConfigError on problems."""
     mk: MergekitConfig = validate(MergekitConfig, data, source)
@@ -69,21 +79,3 @@ def from_mergekit(data: dict[str, Any], source: str) -> MergeConfig:
         "tokenizer_source": tok,
     }
     return validate(MergeConfig, converted, source)
-
-
-def to_mergekit(config: MergeConfig) -> dict[str, Any]:
-    """The mergekit YAML equivalent of our config (for model cards and parity tests)."""
-    out: dict[str, Any] = {"merge_method": config.method}
-    if config.base:
-        out["base_model"] = config.base
-    out["models"] = [
-        {"model": m.model, **({"parameters": dict(m.parameters)} if m.parameters else {})}
-        for m in config.models
-    ]
-    if config.parameters:
-        out["parameters"] = dict(config.parameters)
-    if config.compute_dtype:
-        out["dtype"] = config.compute_dtype
-    if config.out_dtype:
-        out["out_dtype"] = config.out_dtype
-    return out

@@ -13,7 +13,6 @@ vectors' `weight`, `density`); `shared` ones are one value for the tensor (`t`, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -455,12 +454,3 @@ def layer_position(layer: int | None, num_layers: int) -> float:
     if layer is None:
         return 0.0
     return layer / (num_layers - 1) if num_layers > 1 else 1.0
-
-
-def check_finite_params(params: dict[str, Any]) -> None:
-    """Reject NaN/Inf parameters early (they would silently poison every tensor)."""
-    for key, value in params.items():
-        values = value if isinstance(value, list) else [value]
-        for v in values:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ConfigError(f"parameter '{key}' is {v}", "use a finite number")

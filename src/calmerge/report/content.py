@@ -2,7 +2,8 @@
 
 Why a separate content step: both renderers must show the same numbers, the same verdict and
 the same table; building that once as plain strings keeps them from drifting apart. Strings
-here are *unescaped* text; each renderer escapes for its own format.
+here are *unescaped* text; each renderer escapes for its own format. Column order, labels,
+percent formatting and objective arrows come from the metric registry, like the figures'.
 """
 
 from __future__ import annotations
@@ -11,16 +12,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from calmerge.analysis.pareto import (
-    GENERATION_SPLIT,
-    OBJECTIVES,
-    Metric,
-    Point,
-    Verdict,
-    pareto_front,
-    same_point,
-)
-from calmerge.report.figures import LABELS, PERCENT
+from calmerge.analysis.pareto import Point, Verdict, pareto_front, same_point
+from calmerge.eval.metrics import GENERATION_SPLIT, METRICS, Metric, label_of, scale_of
 
 
 @dataclass(frozen=True)
@@ -54,8 +47,9 @@ def format_metric(name: str, m: Metric | None) -> str:
     """'63.3% [61.0, 65.5]' for accuracy-like metrics, '0.052 [0.041, 0.066]' otherwise."""
     if m is None or math.isnan(m.value):
         return "–"
-    if name in PERCENT:
-        body, lo, hi = f"{100 * m.value:.1f}%", 100 * m.lo, 100 * m.hi
+    k = scale_of(name)
+    if k != 1.0:
+        body, lo, hi = f"{k * m.value:.1f}%", k * m.lo, k * m.hi
         ci = f" [{lo:.1f}, {hi:.1f}]"
     else:
         body, lo, hi = f"{m.value:.3f}", m.lo, m.hi
@@ -66,7 +60,7 @@ def format_metric(name: str, m: Metric | None) -> str:
 def metric_columns(points: Sequence[Point], split: str) -> list[str]:
     """Metrics measured on `split`, registry order first (acc, calibration, diversity), then rest."""
     present = {k for p in points for k in p.metrics.get(split, {})}
-    known = [k for k in OBJECTIVES if k in present]
+    known = [k for k in METRICS if k in present]
     return known + sorted(present - set(known))
 
 
@@ -107,7 +101,7 @@ def points_table(points: Sequence[Point], split: str, verdict: Verdict) -> Table
         caption = f"All points on {split}"
     if not has_acc_ece:
         caption = caption.replace(f"; frontier over {', '.join(verdict.objectives)}", "")
-    columns = ["family", "λ", "role"] + [LABELS.get(m, m) for m in metrics]
+    columns = ["family", "λ", "role"] + [label_of(m) for m in metrics]
     return Table(split=split, caption=caption, columns=columns, rows=rows)
 
 
@@ -135,13 +129,15 @@ def build_content(
         ("reported on", verdict.report_split),
         (
             "objectives",
-            ", ".join(f"{o} {'↑' if OBJECTIVES[o] == 'max' else '↓'}" for o in verdict.objectives),
+            ", ".join(
+                f"{o} {'↑' if METRICS.get(o).higher_is_better else '↓'}" for o in verdict.objectives
+            ),
         ),
         ("points", str(len(points))),
     ]
     baseline = []
     if temperature_scaled:
-        baseline = [(LABELS.get(k, k), format_metric(k, m)) for k, m in temperature_scaled.items()]
+        baseline = [(label_of(k), format_metric(k, m)) for k, m in temperature_scaled.items()]
     return ReportContent(
         title=title,
         meta=meta_rows,

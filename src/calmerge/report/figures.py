@@ -3,6 +3,10 @@
 Why `matplotlib.figure.Figure` + the Agg canvas and never `pyplot`: pyplot keeps global figure
 state and picks a GUI backend; the report runs in servers, tests and notebooks alike, so each
 figure is a standalone object that is drawn, saved and dropped.
+
+Labels, percent scaling, direction and which diversity metrics are drawn come from the metric
+registry (`calmerge.eval.metrics`): a figure can only draw a metric under the name it was
+measured and stored under.
 """
 
 from __future__ import annotations
@@ -16,48 +20,25 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from calmerge.analysis.pareto import (
-    DIVERSITY_METRICS,
+from calmerge.analysis.pareto import Point, Verdict, metric_of, pareto_front, point_label
+from calmerge.eval.metrics import (
     GENERATION_SPLIT,
+    METRICS,
     Metric,
-    Point,
-    Verdict,
-    metric_of,
-    pareto_front,
-    point_label,
+    axis_label_of,
+    diversity_candidates,
+    label_of,
+    scale_of,
 )
 from calmerge.io.atomic import atomic_write_bytes
 
-#: metric -> axis label; accuracy-like metrics are drawn in percent.
-LABELS: dict[str, str] = {
-    "acc": "accuracy (%)",
-    "acc_norm": "length-normalised accuracy (%)",
-    "ece": "ECE (lower is better)",
-    "ece_mass": "equal-mass ECE",
-    "mce": "MCE",
-    "brier": "Brier score (lower is better)",
-    "nll": "NLL (lower is better)",
-    "smece": "smooth ECE",
-    "auroc": "AUROC",
-    "entropy": "answer entropy",
-    "distinct_1": "distinct-1",
-    "distinct_2": "distinct-2",
-    "distinct_3": "distinct-3",
-    "self_bleu": "self-BLEU (lower = more diverse)",
-    "embed_div": "embedding diversity",
-    "distinct_answers": "distinct answers",
-}
-PERCENT = frozenset({"acc", "acc_norm"})
 #: the metrics drawn against λ, one PNG each (diversity gets one PNG with a panel per metric)
-LAMBDA_METRICS: tuple[str, ...] = ("acc", "ece", "brier", "nll")
+LAMBDA_METRICS: tuple[str, ...] = tuple(METRICS.check(m) for m in ("acc", "ece", "brier", "nll"))
+#: how many diversity metrics the diversity figure shows, in `diversity_rank` order
+DIVERSITY_PANELS = 3
 #: family colours; red, green and dark grey are kept for the aligned, pick and base markers
 COLORS = ("#1f77b4", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f")
 PARENT_STYLE = {"base": ("#444444", "s"), "aligned": ("#d62728", "D"), "pick": ("#2ca02c", "*")}
-
-
-def scale(metric: str) -> float:
-    """Accuracy-like metrics are stored as fractions and drawn as percent."""
-    return 100.0 if metric in PERCENT else 1.0
 
 
 def split_with(points: Sequence[Point], metric: str, preferred: str) -> str | None:
@@ -87,7 +68,7 @@ def _series(points: Sequence[Point], family: str, metric: str, split: str) -> np
 def _draw_vs_lambda(
     ax, points: Sequence[Point], metric: str, split: str, verdict: Verdict | None
 ) -> None:
-    k = scale(metric)
+    k = scale_of(metric)
     for i, fam in enumerate(families(points)):
         s = _series(points, fam, metric, split)
         if not len(s):
@@ -114,8 +95,15 @@ def _draw_vs_lambda(
         ax.axvline(verdict.pick.lam, color=PARENT_STYLE["pick"][0], lw=1, ls=":", zorder=1)
     ax.axvspan(1.0, max(1.0, *(p.lam for p in points)), color="#000000", alpha=0.04, lw=0)
     ax.set_xlabel("λ  (0 = base, 1 = aligned)")
-    ax.set_ylabel(LABELS.get(metric, metric))
+    ax.set_ylabel(axis_label_of(metric))
     ax.grid(alpha=0.3)
+
+
+def _better(metric: str) -> str:
+    """'; higher is better' from the metric's direction ('' for a name the registry lacks)."""
+    if metric not in METRICS:
+        return ""
+    return f"; {'higher' if METRICS.get(metric).higher_is_better else 'lower'} is better"
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -131,7 +119,7 @@ def metric_vs_lambda(
     fig = _new_figure(6.4, 3.6)
     ax = fig.add_subplot()
     _draw_vs_lambda(ax, points, metric, split, verdict)
-    ax.set_title(f"{LABELS.get(metric, metric)} vs λ ({split})", fontsize=10)
+    ax.set_title(f"{label_of(metric)} vs λ ({split}){_better(metric)}", fontsize=10)
     if len(families(points)) > 1:
         ax.legend(fontsize=8, frameon=False)
     return fig
@@ -147,8 +135,17 @@ def diversity_vs_lambda(
     for ax, metric in zip(axes, metrics, strict=True):
         s = split_with(points, metric, split) or split
         _draw_vs_lambda(ax, points, metric, s, verdict)
-        ax.set_title(LABELS.get(metric, metric), fontsize=10)
+        ax.set_title(f"{label_of(metric)}{_better(metric)}", fontsize=10)
     return fig
+
+
+def diversity_panels(points: Sequence[Point], split: str) -> list[str]:
+    """The diversity metrics the diversity figure shows: the measured ones, most preferred as
+    an objective first (`diversity_rank`), at most DIVERSITY_PANELS."""
+    measured = [
+        s.name for s in diversity_candidates() if split_with(points, s.name, split) is not None
+    ]
+    return measured[:DIVERSITY_PANELS]
 
 
 def acc_vs_ece(
@@ -222,8 +219,8 @@ def acc_vs_ece(
             zorder=6,
             label="aligned + temp. scaling",
         )
-    ax.set_xlabel("ECE (lower is better)")
-    ax.set_ylabel("accuracy (%)")
+    ax.set_xlabel(axis_label_of("ece"))
+    ax.set_ylabel(axis_label_of("acc"))
     ax.set_title(f"accuracy vs calibration ({split}); better is up and left", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7.5, frameon=False, loc="best")
@@ -291,11 +288,9 @@ def save_png(fig: Figure, path: Path) -> Path:
 #: figure key -> caption (also the order the report shows them in)
 CAPTIONS: dict[str, str] = {
     "acc_vs_ece": "Accuracy against ECE for every point; dashed: their accuracy/ECE Pareto frontier.",
-    "acc": "Accuracy against λ with 95% bootstrap bands.",
-    "ece": "Expected calibration error against λ.",
-    "brier": "Brier score against λ.",
-    "nll": "Negative log-likelihood against λ.",
-    "diversity": "Output diversity against λ (from sampled generations).",
+    **{m: f"{label_of(m)[:1].upper()}{label_of(m)[1:]} against λ, with 95% bootstrap bands."
+       for m in LAMBDA_METRICS},
+    "diversity": "Diversity against λ, one panel per metric (the preferred objective first).",
     "reliability": "Reliability diagrams of the base, the aligned model and the pick.",
 }
 
@@ -315,9 +310,9 @@ def make_figures(
         s = split_with(points, metric, split)
         if s is not None:
             figs[metric] = metric_vs_lambda(points, metric, s, verdict)
-    div = [m for m in DIVERSITY_METRICS if split_with(points, m, split) is not None]
+    div = diversity_panels(points, split)
     if div:
-        figs["diversity"] = diversity_vs_lambda(points, div[:3], split, verdict)
+        figs["diversity"] = diversity_vs_lambda(points, div, split, verdict)
     figs["reliability"] = reliability(
         [("base", verdict.base), ("aligned", verdict.aligned), ("pick", verdict.pick)], split
     )

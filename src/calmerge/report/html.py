@@ -16,8 +16,9 @@ from pathlib import Path
 
 import jinja2
 
-from calmerge.analysis.pareto import Metric, Point, Verdict
+from calmerge.analysis.pareto import Point, Verdict
 from calmerge.errors import OutputError
+from calmerge.eval.metrics import Metric
 from calmerge.io.atomic import atomic_write_text
 from calmerge.report.content import ReportContent, Table, build_content
 from calmerge.report.figures import CAPTIONS, make_figures

@@ -93,29 +93,6 @@ def _predictions(result: Any) -> list[Prediction]:
     ]
 
 
-def _family_fn(family: str, lam: float, cfg: SweepConfig):
-    """The per-tensor function of a sweep family at λ (linear, or a registered merge method)."""
-    from calmerge.sweep.interpolate import linear_fn, pair_fn
-
-    if family == "linear":
-        return linear_fn(lam)
-    return pair_fn(family, lam, density=cfg.density, seed=cfg.seed)
-
-
-def check_families(families: Sequence[str]) -> None:
-    from calmerge.sweep.interpolate import PAIR_FAMILIES
-
-    for fam in families:
-        if fam != "linear" and fam not in PAIR_FAMILIES:
-            from calmerge.errors import did_you_mean
-
-            options = ["linear", *PAIR_FAMILIES]
-            raise ConfigError(
-                f"unknown sweep family '{fam}'",
-                did_you_mean(fam, options) or f"choose from {', '.join(options)}",
-            )
-
-
 def check_output_dir(out: Path) -> None:
     """The report directory must be creatable; found out before hours of work, not after."""
     from calmerge.errors import OutputError
@@ -148,7 +125,6 @@ class Sweep:
         from calmerge.io.checkpoint import open_checkpoint, validate_pair
 
         self.cfg = cfg
-        check_families(cfg.families)
         check_output_dir(Path(cfg.out))
         self.base = open_checkpoint(
             cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
@@ -226,7 +202,9 @@ class Sweep:
         self._model, _ = load_model(
             cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code
         )
-        self._interp = LiveInterpolator(self._model, self.base, self.aligned)
+        self._interp = LiveInterpolator(
+            self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed
+        )
 
     @property
     def work_per_point(self) -> int:
@@ -241,7 +219,7 @@ class Sweep:
 
         self._load()
         cfg = self.cfg
-        self._interp.apply(_family_fn(family, lam, cfg))
+        self._interp.apply(family, lam)
         metrics: dict[str, dict[str, tuple[float, float, float]]] = {}
         preds: dict[str, list[Prediction]] = {}
         for split, scorer in self._scorers.items():
@@ -275,8 +253,11 @@ class Sweep:
 
     # ── the loop ──
     def _initial_lams(self, family: str) -> tuple[float, ...]:
-        """Linear gets the full grid with extrapolation; other families interpolate only."""
-        if family == "linear":
+        """Families that extrapolate (linear) get the grid and the extrapolation points; the
+        others interpolate only."""
+        from calmerge.merge.families import get_family
+
+        if get_family(family).extrapolates:
             return self.cfg.lambdas()
         return tuple(x for x in self.cfg.grid if 0.0 <= x <= 1.0)
 
@@ -334,6 +315,7 @@ class Sweep:
 
     def _refinement(self, family: str, budget: int) -> list[float]:
         from calmerge.analysis.pareto import pareto_front
+        from calmerge.results.points import load_points
 
         points = [p for p in load_points(self.store, self.run.id) if p.family == family]
         split = self.select_split
@@ -402,36 +384,3 @@ class PointBar:
     def describe(self, text: str) -> None:
         if self._progress is not None:
             self._progress.update(self._task, description=text)
-
-
-def load_points(
-    store: ResultStore, run_id: int, *, with_correct: bool = True, n_bins: int = 10
-) -> list:
-    """Finished points of a run as analysis `Point`s (metrics, reliability, per-item correctness)."""
-    from calmerge.analysis.pareto import Metric, Point
-    from calmerge.eval.calibration import reliability_bins
-
-    out = []
-    for rec in store.points(run_id, status="done"):
-        raw = store.metrics(rec.id)
-        metrics = {s: {k: Metric(*v) for k, v in ms.items()} for s, ms in raw.items()}
-        reliability: dict[str, list[dict]] = {}
-        correct: dict[str, np.ndarray] = {}
-        for split in raw:
-            preds = store.predictions(rec.id, split)
-            if not preds:
-                continue
-            conf = np.array([p.confidence for p in preds])
-            ok = np.array([p.pred == p.answer for p in preds], dtype=float)
-            reliability[split] = reliability_bins(conf, ok, n_bins=n_bins)
-            correct[split] = ok
-        out.append(
-            Point(
-                family=rec.family,
-                lam=rec.lam,
-                metrics=metrics,
-                reliability=reliability,
-                correct=correct if with_correct else None,
-            )
-        )
-    return out

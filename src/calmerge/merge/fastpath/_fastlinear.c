@@ -1,6 +1,6 @@
-/* calmerge.merge._fastlinear: the weighted-average merge (linear, soup) in one fused pass.
+/* calmerge.merge.fastpath._fastlinear: the weighted-average merge (linear, soup) in one fused pass.
  *
- * Same contract and the same bits as the numpy kernel in kernels.py (and so as torch's
+ * Same contract and the same bits as the numpy kernel in numpy_kernel.py (and so as torch's
  * `methods._linear` and mergekit 0.1.5): each input is widened to fp32 (rounded through the
  * compute dtype first when that differs), accumulated from +0 by fused multiply-adds (fmaf: one
  * rounding per element and step, torch's CPU addcmul_), divided by the fp32 sum of the weights

@@ -1,4 +1,4 @@
-"""Kernels for the weighted-average merges (linear, soup) on raw safetensors bytes.
+"""The fast path: kernels for the weighted-average merges (linear, soup) on raw safetensors bytes.
 
 Why they exist: `calmerge merge` of a linear recipe is bound by memory traffic, and importing
 torch alone costs seconds and ~225 MB of resident memory — more than the merge of a small model.
@@ -16,7 +16,7 @@ Two implementations of that contract, both tested against torch bit for bit:
   time): the same results in ~20 numpy passes per block, several times slower.
 
 Every kernel object offers `buffer(nbytes)`, `run(...)`, `convert(...)` and `finite(...)`; the
-engine holds one per worker thread.
+kernel road (`road.py`) holds one per worker thread.
 """
 
 from __future__ import annotations
@@ -25,12 +25,10 @@ from collections.abc import Sequence
 from typing import Any
 
 try:
-    from calmerge.merge import _fastlinear
+    from calmerge.merge.fastpath import _fastlinear
 except ImportError:  # no C compiler at install time: NumpyKernel gives the same bits
     _fastlinear = None
 
-#: dtypes the kernels read and write (safetensors tags) → bytes per element.
-KERNEL_TAGS = {"F32": 4, "BF16": 2, "F16": 2}
 _STATUS = ("ok", "nonfinite", "nan")
 
 
@@ -41,7 +39,7 @@ class NativeKernel:
 
     def __init__(self, size: int = 0) -> None:
         if _fastlinear is None:
-            raise RuntimeError("calmerge.merge._fastlinear is not built (no C compiler?)")
+            raise RuntimeError("calmerge.merge.fastpath._fastlinear is not built (no C compiler?)")
 
     @staticmethod
     def buffer(nbytes: int) -> memoryview:
@@ -80,6 +78,6 @@ def LinearKernel(size: int, native: bool | None = None) -> Any:
     asked for (`native=True` fails if the extension is missing)."""
     if native or (native is None and _fastlinear is not None):
         return NativeKernel(size)
-    from calmerge.merge.numpy_kernel import NumpyKernel
+    from calmerge.merge.fastpath.numpy_kernel import NumpyKernel
 
     return NumpyKernel(size)

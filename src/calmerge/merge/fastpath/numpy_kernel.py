@@ -1,5 +1,5 @@
 """The numpy implementation of the weighted-average kernels (used when `_fastlinear`, the C
-extension, was not built). Same contract and same bits; see kernels.py.
+extension, was not built). Same contract and same bits; see `fastpath/__init__.py`.
 
 Why they exist: `calmerge merge` of a linear recipe is bound by memory traffic, and importing
 torch alone costs seconds and ~225 MB of resident memory — more than the merge of a small model.
@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calmerge.merge.kernels import KERNEL_TAGS
+from calmerge.dtypes import KERNEL_TAGS
 
 _SIGNIFICAND = {"F32": 24, "BF16": 8, "F16": 11}  # bits, implicit one included
 _SMALLEST_NORMAL_BITS = 0x00800000  # fp32 2^-126
@@ -48,6 +48,15 @@ def widen(src: np.ndarray, tag: str, out: np.ndarray) -> None:
         np.copyto(out, src.view(np.float32))
 
 
+def _bf16_rounded_bits(bits: np.ndarray, scratch: np.ndarray) -> None:
+    """fp32 bit patterns + 0x7FFF + their lowest kept bit into `scratch`: the high half is then
+    the bf16 value rounded to nearest even (torch's rule for finite values)."""
+    np.right_shift(bits, 16, out=scratch)
+    np.bitwise_and(scratch, 1, out=scratch)
+    np.add(scratch, 0x7FFF, out=scratch)
+    np.add(scratch, bits, out=scratch)
+
+
 def narrow(values: np.ndarray, tag: str, out: np.ndarray, scratch: np.ndarray) -> None:
     """fp32 `values` → raw bytes of dtype `tag` in `out`, rounding to nearest even.
 
@@ -55,11 +64,7 @@ def narrow(values: np.ndarray, tag: str, out: np.ndarray, scratch: np.ndarray) -
     bits + 0x7FFF + lowest kept bit, then the high half — torch's rule for finite values).
     """
     if tag == "BF16":
-        bits = values.view(np.uint32)
-        np.right_shift(bits, 16, out=scratch)
-        np.bitwise_and(scratch, 1, out=scratch)
-        np.add(scratch, 0x7FFF, out=scratch)
-        np.add(scratch, bits, out=scratch)
+        _bf16_rounded_bits(values.view(np.uint32), scratch)
         np.right_shift(scratch, 16, out=scratch)
         np.copyto(out.view(np.uint16), scratch, casting="unsafe")
     elif tag == "F16":
@@ -72,10 +77,7 @@ def round_through(values: np.ndarray, tag: str, scratch: np.ndarray) -> None:
     """Round fp32 `values` in place to the nearest `tag` value (a cast there and back)."""
     if tag == "BF16":
         bits = values.view(np.uint32)
-        np.right_shift(bits, 16, out=scratch)
-        np.bitwise_and(scratch, 1, out=scratch)
-        np.add(scratch, 0x7FFF, out=scratch)
-        np.add(scratch, bits, out=scratch)
+        _bf16_rounded_bits(bits, scratch)
         np.bitwise_and(scratch, np.uint32(0xFFFF0000), out=bits)
     elif tag == "F16":
         np.copyto(values, values.astype(np.float16))

@@ -1,0 +1,116 @@
+"""The validated item types every source produces, and the one row check they all share.
+
+Why a module of its own: files, datasets and lm-eval tasks differ in how they find a question,
+its choices and its answer, but once found a row is checked by one rule (`_item`: at least two
+non-empty choices, an answer given as a 0-based index or a letter and in range), so a bad row
+reads the same whichever source it came from. `items_digest` lives beside `Item` because it
+hashes exactly these fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from calmerge.errors import DataError
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question; `answer` is the 0-based index of the correct choice.
+
+    `delimiter` is what joins the prompt and a choice in plain format when the item needs its
+    own (an lm-eval task's `target_delimiter` other than a space); None = the scorer's (" ").
+    """
+
+    id: str
+    question: str
+    choices: tuple[str, ...]
+    answer: int
+    subject: str = ""
+    delimiter: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenPrompt:
+    """One open-ended prompt for sampling (diversity)."""
+
+    id: str
+    prompt: str
+
+
+def _answer_index(raw: Any, n_choices: int, where: str) -> int:
+    """Index or letter → 0-based index, range-checked (True/False are not indices)."""
+    if isinstance(raw, str):
+        text = raw.strip()
+        if len(text) == 1 and text.upper() in LETTERS:
+            idx = LETTERS.index(text.upper())
+        elif text.lstrip("-").isdigit():
+            idx = int(text)
+        else:
+            raise DataError(
+                f"{where}: 'answer' {raw!r} is not an index or a letter",
+                "use a 0-based index or a letter such as B",
+            )
+    elif isinstance(raw, int) and not isinstance(raw, bool):
+        idx = raw
+    else:
+        raise DataError(
+            f"{where}: 'answer' must be an index or a letter, got {raw!r}",
+            "use a 0-based index or a letter such as B",
+        )
+    if not 0 <= idx < n_choices:
+        raise DataError(
+            f"{where}: answer {raw!r} out of range for {n_choices} choices",
+            f"use 0..{n_choices - 1} or A..{LETTERS[n_choices - 1]}",
+        )
+    return idx
+
+
+def _item(row: dict[str, Any], where: str, fallback_id: str) -> Item:
+    for key in ("question", "choices", "answer"):
+        if key not in row or row[key] is None:
+            raise DataError(f"{where}: missing '{key}'", "rows need question, choices, answer")
+    choices = row["choices"]
+    if not isinstance(choices, list) or not all(isinstance(c, str | int | float) for c in choices):
+        raise DataError(f"{where}: 'choices' must be a list of strings", 'e.g. "choices": ["red", "blue"]')
+    choices = tuple(str(c) for c in choices)
+    if len(choices) < 2:
+        raise DataError(
+            f"{where}: {len(choices)} choice(s); at least 2 are needed",
+            "a multiple-choice item needs two or more choices",
+        )
+    if any(not c.strip() for c in choices):
+        raise DataError(f"{where}: empty choice text", "every choice needs some text")
+    return Item(
+        id=str(row.get("id", fallback_id)),
+        question=str(row["question"]),
+        choices=choices,
+        answer=_answer_index(row["answer"], len(choices), where),
+        subject=str(row.get("subject") or ""),
+    )
+
+
+def items_digest(items: Sequence[Item]) -> str:
+    """sha256 of the items' canonical JSON: ties a run to the data it saw when there is no file.
+
+    A dataset or task reference names data that can change under the same name (a new revision,
+    an edited YAML), so a sweep over one is identified by what was loaded, not by the reference.
+    """
+    def canonical(it: Item) -> dict[str, Any]:  # items without their own delimiter hash as before
+        d = dataclasses.asdict(it)
+        if d["delimiter"] is None:
+            del d["delimiter"]
+        return d
+
+    payload = json.dumps(
+        [canonical(it) for it in items],
+        ensure_ascii=False, sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()

@@ -1,0 +1,286 @@
+"""The one description of every metric: `Metric` (a measured value) and `MetricSpec` (what a
+metric is), each metric registered once in `METRICS`.
+
+Why one registry: a metric used to be described in five tables (calibration's functions and
+directions, diversity's functions, Pareto's objectives and diversity preference, the figures'
+labels and percent set, the CLI's rows) that drifted apart. Diversity stored `embed_distance`
+while Pareto and the figures only knew `embed_div`, so embedding diversity was never a default
+objective, never drawn, and asking for it as an objective answered "did you mean 'embed_div'?".
+Now the bootstrap, the diversity measurement, Pareto objectives and their orientation, figure
+labels and scaling, report columns and the CLI table all read the spec; adding a metric is one
+function plus one registration below. Registration order is the display order.
+
+Where the code lives: the numeric functions (ECE, smECE, their batched bootstrap forms,
+distinct-n, self-BLEU, embeddings) stay pure in `calibration` and `diversity`; this module says
+which of them are metrics and how to read them. Those two modules import `Metric` and `METRICS`
+from here at their ends and this one imports them after its types, so either may be imported
+first and the registry is complete once any of the three is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from calmerge.registry import Registry
+
+# ───────────────────────────── the value type ─────────────────────────────
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A measured value with its bootstrap 95% interval (lo/hi are nan when unknown)."""
+
+    value: float
+    lo: float
+    hi: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {"value": self.value, "lo": self.lo, "hi": self.hi}
+
+
+# ───────────────────────────── the spec ─────────────────────────────
+
+Direction = Literal["max", "min"]
+#: "choices": computed from the scored multiple-choice items of each split;
+#: "generations": from sampled generations, which do not depend on the split.
+Source = Literal["choices", "generations"]
+SOURCES: tuple[str, ...] = get_args(Source)
+#: the split name generation metrics are stored under (and that objectives fall back to)
+GENERATION_SPLIT = "gen"
+
+#: per-item arrays of one scored split: correct, correct_norm, confidence, probs, answer
+View = dict[str, np.ndarray]
+ChoiceFn = Callable[[View, int], float]
+#: the same metric for all bootstrap replicates at once: fn(view, resamples, n_bins) -> (B,)
+RowsFn = Callable[[View, Any, int], np.ndarray]
+PromptFn = Callable[[list[str]], float]
+SamplesFn = Callable[[Sequence[Sequence[str]]], float]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """Everything any part of calmerge needs to know about one metric.
+
+    `fn` is the point estimate: `fn(view, n_bins)` for choice metrics, `fn(samples)` over every
+    prompt's samples for generation metrics. `rows` is a choice metric's replicate-batched form
+    (None: the bootstrap calls `fn` once per replicate). `percent`: stored as a fraction, drawn
+    and printed as percent. `expensive`: the bootstrap uses only its first
+    `calibration.EXPENSIVE_BOOT_CAP` replicates. `diversity_rank`: order of preference for the
+    default third Pareto objective (None: never a default). `needs_embedder`: needs the
+    sentence-embedding model, so it is skipped when embedding diversity is off.
+    """
+
+    name: str
+    direction: Direction
+    label: str
+    unit: str
+    source: Source
+    fn: Callable[..., float]
+    rows: RowsFn | None = None
+    percent: bool = False
+    expensive: bool = False
+    diversity_rank: int | None = None
+    needs_embedder: bool = False
+
+    def __post_init__(self) -> None:
+        # a malformed spec is a bug in calmerge: refuse it at import, before any number is made
+        if self.direction not in get_args(Direction):
+            raise ValueError(f"metric {self.name!r}: direction must be 'max' or 'min'")
+        if self.source not in SOURCES:
+            raise ValueError(f"metric {self.name!r}: source must be one of {SOURCES}")
+        if not (self.label and self.unit):
+            raise ValueError(f"metric {self.name!r}: needs a label and a unit")
+        if self.source != "choices" and (self.rows is not None or self.expensive):
+            raise ValueError(f"metric {self.name!r}: only choice metrics are bootstrapped")
+        if self.source != "generations" and self.needs_embedder:
+            raise ValueError(f"metric {self.name!r}: only generation metrics embed samples")
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.direction == "max"
+
+    @property
+    def scale(self) -> float:
+        """The factor from the stored value to the drawn and printed one."""
+        return 100.0 if self.percent else 1.0
+
+    @property
+    def axis_label(self) -> str:
+        """The label with the unit of what is drawn: 'accuracy [%]', 'NLL [nats]'."""
+        return f"{self.label} [{'%' if self.percent else self.unit}]"
+
+
+METRICS: Registry[MetricSpec] = Registry("metric")
+
+
+def choice_metric(
+    name: str,
+    direction: Direction,
+    *,
+    label: str,
+    unit: str,
+    rows: RowsFn | None = None,
+    percent: bool = False,
+    expensive: bool = False,
+    diversity_rank: int | None = None,
+) -> Callable[[ChoiceFn], ChoiceFn]:
+    """Register `fn(view, n_bins) -> float` as a metric of scored multiple-choice items."""
+
+    def deco(fn: ChoiceFn) -> ChoiceFn:
+        METRICS.add(
+            name,
+            MetricSpec(name, direction, label, unit, "choices", fn, rows, percent, expensive,
+                       diversity_rank),
+        )
+        return fn
+
+    return deco
+
+
+def generation_metric(
+    name: str,
+    direction: Direction,
+    *,
+    label: str,
+    unit: str,
+    per_prompt: bool = True,
+    diversity_rank: int | None = None,
+    needs_embedder: bool = False,
+) -> Callable[[Callable], Callable]:
+    """Register a metric of sampled generations.
+
+    `per_prompt=True`: `fn(samples of one prompt) -> float`, averaged over prompts (diversity is
+    measured for the same request, never across requests). `per_prompt=False`: `fn` takes every
+    prompt's samples at once and does its own per-prompt averaging — embedding distance does, so
+    that all texts are encoded in one batch.
+    """
+
+    def deco(fn: Callable) -> Callable:
+        whole = _mean_over_prompts(fn, name) if per_prompt else fn
+        METRICS.add(
+            name,
+            MetricSpec(name, direction, label, unit, "generations", whole,
+                       diversity_rank=diversity_rank, needs_embedder=needs_embedder),
+        )
+        return fn
+
+    return deco
+
+
+def _mean_over_prompts(fn: PromptFn, name: str) -> SamplesFn:
+    def over_prompts(samples: Sequence[Sequence[str]]) -> float:
+        return float(np.mean([fn(list(g)) for g in samples]))
+
+    over_prompts.__doc__ = f"{name} of each prompt's samples, averaged over prompts."
+    return over_prompts
+
+
+# ───────────────────────────── reading the registry ─────────────────────────────
+
+
+def specs(source: Source) -> list[MetricSpec]:
+    """The metrics of one source, in registration order."""
+    return [s for s in METRICS.values() if s.source == source]
+
+
+def diversity_candidates() -> list[MetricSpec]:
+    """Metrics that may be the default third Pareto objective, most preferred first."""
+    ranked = [s for s in METRICS.values() if s.diversity_rank is not None]
+    return sorted(ranked, key=lambda s: s.diversity_rank)
+
+
+def label_of(name: str) -> str:
+    """The metric's label; a stored name the registry does not know (the temperature of the
+    post-hoc baseline, a metric of a newer calmerge) is shown as itself."""
+    return METRICS.get(name).label if name in METRICS else name
+
+
+def axis_label_of(name: str) -> str:
+    return METRICS.get(name).axis_label if name in METRICS else name
+
+
+def scale_of(name: str) -> float:
+    """100 for metrics shown as percent, else 1 (unknown names are shown as stored)."""
+    return METRICS.get(name).scale if name in METRICS else 1.0
+
+
+# ───────────────────────────── the metrics ─────────────────────────────
+# Imported here, after the types they import from this module (see the module docstring).
+from calmerge.eval import calibration as cal  # noqa: E402
+from calmerge.eval import diversity as div  # noqa: E402
+
+
+@choice_metric("acc", "max", label="accuracy", unit="fraction", percent=True, rows=cal.acc_rows)
+def _acc(v: View, n_bins: int) -> float:
+    return float(np.mean(v["correct"]))
+
+
+@choice_metric("acc_norm", "max", label="accuracy (length-normalised)", unit="fraction",
+               percent=True, rows=cal.acc_norm_rows)
+def _acc_norm(v: View, n_bins: int) -> float:
+    return float(np.mean(v["correct_norm"]))
+
+
+@choice_metric("ece", "min", label="ECE (equal-width bins)", unit="probability",
+               rows=cal.ece_rows)
+def _ece(v: View, n_bins: int) -> float:
+    return cal.expected_calibration_error(v["confidence"], v["correct"], n_bins)
+
+
+@choice_metric("ece_mass", "min", label="ECE (equal-mass bins)", unit="probability",
+               rows=cal.ece_mass_rows)
+def _ece_mass(v: View, n_bins: int) -> float:
+    return cal.equal_mass_ece(v["confidence"], v["correct"], n_bins)
+
+
+@choice_metric("mce", "min", label="MCE (worst equal-width bin)", unit="probability",
+               rows=cal.mce_rows)
+def _mce(v: View, n_bins: int) -> float:
+    return cal.max_calibration_error(v["confidence"], v["correct"], n_bins)
+
+
+@choice_metric("smece", "min", label="smooth ECE", unit="probability", rows=cal.smece_rows,
+               expensive=True)
+def _smece(v: View, n_bins: int) -> float:
+    return cal.smooth_ece(v["confidence"], v["correct"])
+
+
+@choice_metric("brier", "min", label="Brier score", unit="squared error, 0–2",
+               rows=cal.brier_rows)
+def _brier(v: View, n_bins: int) -> float:
+    return cal.brier_score(v["probs"], v["answer"])
+
+
+@choice_metric("nll", "min", label="NLL", unit="nats", rows=cal.nll_rows)
+def _nll(v: View, n_bins: int) -> float:
+    return cal.nll(v["probs"], v["answer"])
+
+
+@choice_metric("auroc", "max", label="AUROC (confidence → correct)", unit="probability",
+               rows=cal.auroc_rows)
+def _auroc(v: View, n_bins: int) -> float:
+    return cal.auroc(v["confidence"], v["correct"])
+
+
+@choice_metric("entropy", "max", label="answer entropy", unit="nats", rows=cal.entropy_rows,
+               diversity_rank=7)
+def _entropy(v: View, n_bins: int) -> float:
+    return cal.answer_entropy(v["probs"])
+
+
+# distinct-2 is the default diversity objective: the most used in the alignment-tax literature,
+# and it needs no embedding model
+for _n, _rank in ((1, 3), (2, 1), (3, 4)):
+    generation_metric(f"distinct_{_n}", "max", label=f"distinct-{_n}", unit="fraction",
+                      diversity_rank=_rank)(lambda s, n=_n: div.distinct_n(s, n))
+generation_metric("self_bleu", "min", label="self-BLEU", unit="BLEU 0–100",
+                  diversity_rank=5)(div.self_bleu)
+generation_metric("distinct_answers", "max", label="distinct answers", unit="count",
+                  diversity_rank=6)(div.distinct_answers)
+generation_metric("embed_distance", "max", label="embedding diversity (mean cosine distance)",
+                  unit="1 − cos", per_prompt=False, diversity_rank=2,
+                  needs_embedder=True)(div.embedding_distance)

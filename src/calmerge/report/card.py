@@ -1,0 +1,43 @@
+"""The model card's measured section for an exported sweep point.
+
+Why its own module: the card is report content (what was measured, how the point was picked,
+the verdict) that travels with the checkpoint; it reads the same Point and Verdict as the HTML
+report, so the two cannot disagree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+from calmerge.analysis.pareto import Point, Verdict
+
+
+def card_metrics(
+    point: Point,
+    *,
+    run_id: int,
+    run_name: str,
+    rule: str,
+    verdict: Verdict,
+    figures: Sequence[str] = (),
+) -> str:
+    """Markdown: how the point was picked, the verdict's sentences, every metric per split."""
+    lines = [
+        "## Measured by calmerge",
+        "",
+        f"Picked `{point.family}` λ={point.lam:g} by rule `{rule}` from sweep run {run_id}"
+        f" ({run_name}).",
+        "",
+        *[f"- {s}" for s in verdict.sentences],
+        "",
+        "| split | metric | value | 95% interval |",
+        "|---|---|---|---|",
+    ]
+    for split, ms in sorted(point.metrics.items()):
+        for name, m in sorted(ms.items()):
+            interval = "" if math.isnan(m.lo) else f"{m.lo:.4f} – {m.hi:.4f}"
+            lines.append(f"| {split} | {name} | {m.value:.4f} | {interval} |")
+    lines += ["", *[f"![{Path(f).stem}]({f})" for f in figures]]
+    return "\n".join(lines) + "\n"
