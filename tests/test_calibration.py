@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calmerge.eval import calibration as cal
-from calmerge.eval.metrics import METRICS, MetricSpec, specs
+from calmerge.eval import metrics as metrics_mod
+from calmerge.eval.metrics import METRICS, MetricSpec, compute_metrics, specs
 from calmerge.eval.score import finalize
 from calmerge.registry import Registry
 
@@ -101,7 +102,7 @@ def test_bootstrap_interval_is_the_percentile_interval_of_the_seeded_resamples()
     """The interval compute_metrics reports is the 2.5/97.5% quantile of the metric over the
     seeded item resamples — here accuracy, whose spread is also known in closed form."""
     res = _result(400, 5)
-    ms = cal.compute_metrics(res, n_boot=500, seed=1)
+    ms = compute_metrics(res, n_boot=500, seed=1)
     correct = np.asarray(res.correct, dtype=float)
     draws = np.random.default_rng(1).integers(0, 400, size=(500, 400))
     expect = np.quantile(correct[draws].mean(axis=1), [0.025, 0.975])
@@ -110,7 +111,7 @@ def test_bootstrap_interval_is_the_percentile_interval_of_the_seeded_resamples()
     assert acc.lo < acc.value < acc.hi
     a = correct.mean()
     assert acc.hi - acc.lo == pytest.approx(2 * 1.96 * np.sqrt(a * (1 - a) / 400), rel=0.2)
-    assert cal.compute_metrics(res, n_boot=500, seed=1) == ms
+    assert compute_metrics(res, n_boot=500, seed=1) == ms
 
 
 def test_temperature_recovers_known_scale():
@@ -141,7 +142,7 @@ def test_ece_bounds(rows):
 
 def test_compute_metrics_values_and_intervals():
     res = _result(150, 7)
-    ms = cal.compute_metrics(res, n_boot=60, seed=0)
+    ms = compute_metrics(res, n_boot=60, seed=0)
     assert list(ms) == list(CHOICE)  # every choice metric of the registry, in its order
     assert ms["acc"].value == pytest.approx(np.mean(res.correct))
     assert ms["ece"].value == pytest.approx(cal.expected_calibration_error(res.confidence, res.correct))
@@ -149,9 +150,9 @@ def test_compute_metrics_values_and_intervals():
     for name, m in ms.items():
         assert m.lo <= m.value <= m.hi or name in ("mce", "ece", "smece", "ece_mass"), name
         assert m.lo < m.hi
-    again = cal.compute_metrics(res, n_boot=60, seed=0)
+    again = compute_metrics(res, n_boot=60, seed=0)
     assert again == ms
-    point = cal.compute_metrics(res, n_boot=0)
+    point = compute_metrics(res, n_boot=0)
     assert point["nll"].lo == point["nll"].value == point["nll"].hi
 
 
@@ -195,8 +196,8 @@ def test_a_metric_without_a_batched_form_gets_its_interval_replicate_by_replicat
         fresh.add(name, spec)
     fresh.add("median_conf", MetricSpec("median_conf", "max", "median confidence", "probability",
                                         "choices", lambda v, n_bins: float(np.median(v["confidence"]))))
-    monkeypatch.setattr(cal, "METRICS", fresh)
-    ms = cal.compute_metrics(res, n_boot=200, seed=0)
+    monkeypatch.setattr(metrics_mod, "METRICS", fresh)
+    ms = compute_metrics(res, n_boot=200, seed=0)
     draws = np.random.default_rng(0).integers(0, 80, size=(200, 80))
     expect = np.quantile([np.median(res.confidence[d]) for d in draws], [0.025, 0.975])
     assert (ms["median_conf"].lo, ms["median_conf"].hi) == pytest.approx(tuple(expect))

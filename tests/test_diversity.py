@@ -9,7 +9,7 @@ from calmerge.errors import DataError
 from calmerge.eval import diversity as div
 from calmerge.eval.generate import build_generation_prompts, sample_generations
 from calmerge.eval.loading import load_model
-from calmerge.eval.metrics import specs
+from calmerge.eval.metrics import diversity_metrics, specs
 
 
 def test_distinct_n_hand_worked():
@@ -44,17 +44,17 @@ def test_pairwise_cosine_distance_hand_worked():
 def test_diversity_metrics_with_embeddings():
     same = [["The cat sat."] * 3, ["Paris is the capital."] * 3]
     varied = [["The cat sat.", "Stocks fell sharply today.", "I like green tea."]] * 2
-    a, b = div.diversity_metrics(same), div.diversity_metrics(varied)
+    a, b = diversity_metrics(same), diversity_metrics(varied)
     assert a["embed_distance"] == pytest.approx(0.0, abs=1e-5)
     assert b["embed_distance"] > 0.5
     assert a["distinct_answers"] == 1.0 and b["distinct_answers"] == 3.0
     generated = specs("generations")
     assert list(a) == [s.name for s in generated]  # every generation metric, registry order
-    assert list(div.diversity_metrics(same, embed=False)) == [
+    assert list(diversity_metrics(same, embed=False)) == [
         s.name for s in generated if not s.needs_embedder
     ]
     with pytest.raises(DataError):
-        div.diversity_metrics([])
+        diversity_metrics([])
 
 
 @pytest.fixture(scope="module")

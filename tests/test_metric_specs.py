@@ -21,8 +21,6 @@ from calmerge.analysis.pareto import (
     pareto_front,
 )
 from calmerge.errors import ConfigError
-from calmerge.eval import calibration as cal
-from calmerge.eval import diversity as div
 from calmerge.eval.metrics import (
     GENERATION_SPLIT,
     METRICS,
@@ -30,7 +28,9 @@ from calmerge.eval.metrics import (
     Metric,
     MetricSpec,
     axis_label_of,
+    compute_metrics,
     diversity_candidates,
+    diversity_metrics,
     label_of,
     scale_of,
     specs,
@@ -84,11 +84,11 @@ def test_what_compute_metrics_and_diversity_metrics_output_is_exactly_what_is_re
     labels = rng.integers(0, 4, 30)
     res = finalize([str(i) for i in range(30)], logits, np.ones_like(logits, dtype=bool), labels,
                    np.ones_like(logits), "loglik")
-    assert list(cal.compute_metrics(res, n_boot=20)) == [s.name for s in specs("choices")]
+    assert list(compute_metrics(res, n_boot=20)) == [s.name for s in specs("choices")]
     samples = [["the cat sat", "a dog ran", "the cat sat"], ["tea", "green tea", "coffee"]]
-    assert list(div.diversity_metrics(samples)) == [s.name for s in specs("generations")]
-    assert "embed_distance" in div.diversity_metrics(samples)
-    assert list(div.diversity_metrics(samples, embed=False)) == [
+    assert list(diversity_metrics(samples)) == [s.name for s in specs("generations")]
+    assert "embed_distance" in diversity_metrics(samples)
+    assert list(diversity_metrics(samples, embed=False)) == [
         s.name for s in specs("generations") if not s.needs_embedder
     ]
 

@@ -157,9 +157,10 @@ def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     """
     import time
 
-    from calmerge.eval.calibration import compute_metrics, reliability_bins
+    from calmerge.eval.calibration import reliability_bins
     from calmerge.eval.data import load_items, load_prompts, native_template
     from calmerge.eval.loading import load_model
+    from calmerge.eval.metrics import compute_metrics
     from calmerge.eval.score import Scorer
 
     out_json, out_png = _eval_output_paths(cfg.output)
@@ -180,8 +181,8 @@ def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     reliability = reliability_bins(result.confidence, result.correct, cfg.n_bins)
     diversity = samples = None
     if prompts:
-        from calmerge.eval.diversity import diversity_metrics
         from calmerge.eval.generate import sample_generations
+        from calmerge.eval.metrics import diversity_metrics
 
         samples = sample_generations(
             model, tokenizer, prompts, k=cfg.samples, temperature=cfg.temperature,

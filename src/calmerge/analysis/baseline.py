@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calmerge.eval.calibration import compute_metrics, fit_temperature
-from calmerge.eval.metrics import Metric
+from calmerge.eval.calibration import fit_temperature
+from calmerge.eval.metrics import Metric, compute_metrics
 from calmerge.eval.score import finalize
 from calmerge.results.store import Prediction
 

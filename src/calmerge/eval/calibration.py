@@ -9,20 +9,21 @@ Conventions (all computed in float64):
 - Smooth ECE is Błasiok & Nakkiran's smECE with a reflected Gaussian kernel and its
   self-consistent bandwidth — the algorithm of `relplot.smECE`, with FFT convolution.
 
-`compute_metrics` turns a `ScoreResult` into every choice metric of the registry
-(`calmerge.eval.metrics`, where each metric's direction, label and batched form are declared)
-with paired bootstrap 95% intervals. This module holds only numbers: the metric functions, their
-replicate-batched forms (`*_rows`) and the bootstrap.
+This module holds only numbers: the metric functions, their replicate-batched forms (`*_rows`)
+and the bootstrap resamples. Which of them are metrics (direction, label, batched form) is
+declared once in `calmerge.eval.metrics`, whose `compute_metrics` turns a `ScoreResult` into
+every registered choice metric with paired bootstrap 95% intervals. It imports nothing of
+calmerge's, so the registry can import it without a cycle.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from calmerge.eval.metrics import View
+#: per-item arrays of one scored split: correct, correct_norm, confidence, probs, answer
+View = dict[str, np.ndarray]
 
 # ───────────────────────────── pure metrics ─────────────────────────────
 
@@ -397,60 +398,3 @@ def auroc_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
 
 def entropy_rows(v: View, r: Resamples, n_bins: int) -> np.ndarray:
     return r.mean(_item_entropy(v))
-
-
-def _view(result: Any) -> View:
-    """The per-item arrays every choice metric reads, in float64 (answers as indices)."""
-    return {
-        "correct": np.asarray(result.correct, dtype=np.float64),
-        "correct_norm": np.asarray(result.correct_norm, dtype=np.float64),
-        "confidence": np.asarray(result.confidence, dtype=np.float64),
-        "probs": np.asarray(result.probs, dtype=np.float64),
-        "answer": np.asarray(result.answer, dtype=np.int64),
-    }
-
-
-def compute_metrics(
-    result: Any, *, n_boot: int = 1000, seed: int = 0, n_bins: int = 10
-) -> dict[str, Metric]:
-    """Every registered choice metric of a ScoreResult with paired percentile-bootstrap 95%
-    intervals, in registration order.
-
-    All metrics share the same resampled item sets (so intervals of differences between metrics
-    of one run are coherent); an `expensive` metric uses the first EXPENSIVE_BOOT_CAP of them.
-    Each metric is computed for all replicates at once where its spec has a batched form
-    (`rows`), else once per replicate.
-    """
-    view = _view(result)
-    n = len(view["correct"])
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n > 1 else None
-    resamples = {}
-    out: dict[str, Metric] = {}
-    for spec in METRICS.values():
-        if spec.source != "choices":
-            continue
-        value = spec.fn(view, n_bins)
-        if draws is None:
-            out[spec.name] = Metric(value, value, value)
-            continue
-        use = draws[:EXPENSIVE_BOOT_CAP] if spec.expensive else draws
-        if spec.rows is not None:
-            if len(use) not in resamples:
-                resamples[len(use)] = Resamples(use)
-            stats = np.asarray(spec.rows(view, resamples[len(use)], n_bins))
-        else:
-            stats = np.array([spec.fn({k: a[idx] for k, a in view.items()}, n_bins) for idx in use])
-        stats = stats[np.isfinite(stats)]
-        if stats.size:
-            lo, hi = np.quantile(stats, [0.025, 0.975])
-            out[spec.name] = Metric(value, float(lo), float(hi))
-        else:
-            out[spec.name] = Metric(value, float("nan"), float("nan"))
-    return out
-
-
-# The registry names this module's functions, so it imports this module: imported last, when
-# everything it names exists, whichever of the two is imported first. `Metric` is re-exported
-# for the modules that import it from here.
-from calmerge.eval.metrics import METRICS, Metric  # noqa: E402

@@ -11,7 +11,7 @@ measure how varied a model is *for the same request* rather than across differen
 - distinct_answers: number of distinct normalised samples (whitespace-collapsed, lower-cased).
 
 This module holds only the numbers; which of them are metrics (with direction, label and the
-default-objective preference) is declared once in `calmerge.eval.metrics`, and
+default-objective preference) is declared once in `calmerge.eval.metrics`, whose
 `diversity_metrics` measures whatever generation metrics are registered there.
 """
 
@@ -95,20 +95,3 @@ def embedding_distance(samples: list[list[str]]) -> float:
         out.append(pairwise_cosine_distance(vecs[start : start + len(group)]))
         start += len(group)
     return float(np.mean(out))
-
-
-def diversity_metrics(samples: list[list[str]], *, embed: bool = True) -> dict[str, float]:
-    """Every registered generation metric over K samples per prompt, in registration order;
-    `embed=False` skips those that need the embedding model (`embed_distance`)."""
-    if not samples or not any(samples):
-        raise DataError("no samples to measure diversity on", "check the prompts file")
-    return {
-        spec.name: spec.fn(samples)
-        for spec in METRICS.values()
-        if spec.source == "generations" and (embed or not spec.needs_embedder)
-    }
-
-
-# The registry names this module's functions, so it imports this module: imported last, when
-# everything it names exists, whichever of the two is imported first.
-from calmerge.eval.metrics import METRICS  # noqa: E402

@@ -11,10 +11,9 @@ labels and scaling, report columns and the CLI table all read the spec; adding a
 function plus one registration below. Registration order is the display order.
 
 Where the code lives: the numeric functions (ECE, smECE, their batched bootstrap forms,
-distinct-n, self-BLEU, embeddings) stay pure in `calibration` and `diversity`; this module says
-which of them are metrics and how to read them. Those two modules import `Metric` and `METRICS`
-from here at their ends and this one imports them after its types, so either may be imported
-first and the registry is complete once any of the three is.
+distinct-n, self-BLEU, embeddings) stay pure in `calibration` and `diversity`, which import
+nothing of calmerge's metrics; this module says which of them are metrics and how to read them,
+and measures them (`compute_metrics` for scored items, `diversity_metrics` for generations).
 """
 
 from __future__ import annotations
@@ -25,6 +24,10 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
+from calmerge.errors import DataError
+from calmerge.eval import calibration as cal
+from calmerge.eval import diversity as div
+from calmerge.eval.calibration import EXPENSIVE_BOOT_CAP, Resamples, View
 from calmerge.registry import Registry
 
 # ───────────────────────────── the value type ─────────────────────────────
@@ -52,8 +55,6 @@ SOURCES: tuple[str, ...] = get_args(Source)
 #: the split name generation metrics are stored under (and that objectives fall back to)
 GENERATION_SPLIT = "gen"
 
-#: per-item arrays of one scored split: correct, correct_norm, confidence, probs, answer
-View = dict[str, np.ndarray]
 ChoiceFn = Callable[[View, int], float]
 #: the same metric for all bootstrap replicates at once: fn(view, resamples, n_bins) -> (B,)
 RowsFn = Callable[[View, Any, int], np.ndarray]
@@ -209,9 +210,6 @@ def scale_of(name: str) -> float:
 
 
 # ───────────────────────────── the metrics ─────────────────────────────
-# Imported here, after the types they import from this module (see the module docstring).
-from calmerge.eval import calibration as cal  # noqa: E402
-from calmerge.eval import diversity as div  # noqa: E402
 
 
 @choice_metric("acc", "max", label="accuracy", unit="fraction", percent=True, rows=cal.acc_rows)
@@ -284,3 +282,67 @@ generation_metric("distinct_answers", "max", label="distinct answers", unit="cou
 generation_metric("embed_distance", "max", label="embedding diversity (mean cosine distance)",
                   unit="1 − cos", per_prompt=False, diversity_rank=2,
                   needs_embedder=True)(div.embedding_distance)
+
+
+# ───────────────────────────── measuring ─────────────────────────────
+
+
+def _view(result: Any) -> View:
+    """The per-item arrays every choice metric reads, in float64 (answers as indices)."""
+    return {
+        "correct": np.asarray(result.correct, dtype=np.float64),
+        "correct_norm": np.asarray(result.correct_norm, dtype=np.float64),
+        "confidence": np.asarray(result.confidence, dtype=np.float64),
+        "probs": np.asarray(result.probs, dtype=np.float64),
+        "answer": np.asarray(result.answer, dtype=np.int64),
+    }
+
+
+def compute_metrics(
+    result: Any, *, n_boot: int = 1000, seed: int = 0, n_bins: int = 10
+) -> dict[str, Metric]:
+    """Every registered choice metric of a ScoreResult with paired percentile-bootstrap 95%
+    intervals, in registration order.
+
+    All metrics share the same resampled item sets (so intervals of differences between metrics
+    of one run are coherent); an `expensive` metric uses the first EXPENSIVE_BOOT_CAP of them.
+    Each metric is computed for all replicates at once where its spec has a batched form
+    (`rows`), else once per replicate.
+    """
+    view = _view(result)
+    n = len(view["correct"])
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n > 1 else None
+    resamples: dict[int, Resamples] = {}
+    out: dict[str, Metric] = {}
+    for spec in specs("choices"):
+        value = spec.fn(view, n_bins)
+        if draws is None:
+            out[spec.name] = Metric(value, value, value)
+            continue
+        use = draws[:EXPENSIVE_BOOT_CAP] if spec.expensive else draws
+        if spec.rows is not None:
+            if len(use) not in resamples:
+                resamples[len(use)] = Resamples(use)
+            stats = np.asarray(spec.rows(view, resamples[len(use)], n_bins))
+        else:
+            stats = np.array([spec.fn({k: a[idx] for k, a in view.items()}, n_bins) for idx in use])
+        stats = stats[np.isfinite(stats)]
+        if stats.size:
+            lo, hi = np.quantile(stats, [0.025, 0.975])
+            out[spec.name] = Metric(value, float(lo), float(hi))
+        else:
+            out[spec.name] = Metric(value, float("nan"), float("nan"))
+    return out
+
+
+def diversity_metrics(samples: list[list[str]], *, embed: bool = True) -> dict[str, float]:
+    """Every registered generation metric over K samples per prompt, in registration order;
+    `embed=False` skips those that need the embedding model (`embed_distance`)."""
+    if not samples or not any(samples):
+        raise DataError("no samples to measure diversity on", "check the prompts file")
+    return {
+        spec.name: spec.fn(samples)
+        for spec in specs("generations")
+        if embed or not spec.needs_embedder
+    }

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from calmerge.errors import DataError
-from calmerge.eval.calibration import Metric, compute_metrics
 from calmerge.eval.data import Item
+from calmerge.eval.metrics import Metric, compute_metrics
 from calmerge.eval.prompts import Mode, PromptBuilder, PromptFormat, targets
 
 __all__ = ["Metric", "ScoreResult", "Scorer", "compute_metrics", "finalize"]

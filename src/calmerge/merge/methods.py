@@ -20,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where tensors are touched: the registry stays light
     import torch
 
-from calmerge.errors import ConfigError, did_you_mean
+from calmerge.errors import ConfigError
+from calmerge.registry import Registry
 
 REQUIRED = object()  # marker: a parameter without default must be given
 
@@ -73,16 +74,14 @@ class MergeMethod:
         return self.fn(group, **params)
 
 
-METHODS: dict[str, MergeMethod] = {}
+METHODS: Registry[MergeMethod] = Registry("merge method")
 
 
 def merge_method(name: str, **spec: Any) -> Callable[[Callable], Callable]:
     """Register `fn` under `name` with its contract (see `MergeMethod`)."""
 
     def deco(fn: Callable) -> Callable:
-        if name in METHODS:
-            raise ValueError(f"merge method {name!r} registered twice")
-        METHODS[name] = MergeMethod(name=name, fn=fn, **spec)
+        METHODS.add(name, MergeMethod(name=name, fn=fn, **spec))
         return fn
 
     return deco
@@ -90,13 +89,7 @@ def merge_method(name: str, **spec: Any) -> Callable[[Callable], Callable]:
 
 def get_method(name: str) -> MergeMethod:
     """The registered method, or a ConfigError suggesting the closest name."""
-    try:
-        return METHODS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown merge method '{name}'",
-            did_you_mean(name, METHODS) or f"choose one of {sorted(METHODS)}",
-        ) from None
+    return METHODS.get(name)
 
 
 # ───────────────────────────── linear family ─────────────────────────────

@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from calmerge.io import export
 from calmerge.io.checkpoint import Checkpoint, check_finite
 from calmerge.merge.fastpath.road import kernel_ok, run_kernels
 from calmerge.merge.methods import Group
 from calmerge.merge.plan import Job, MergePlan, tensor_seed
+from calmerge.progress import progress_bar
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -71,50 +72,6 @@ def _read(ckpt: Checkpoint, name: str) -> torch.Tensor:
     tensor = ckpt.get(name)
     check_finite(ckpt, name, tensor)
     return tensor
-
-
-class _NoProgress:
-    """Stands in for rich's Progress under --quiet (so rich is not even imported)."""
-
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def advance(self, task: int, amount: float) -> None:
-        return None
-
-
-def _progress(quiet: bool):
-    if quiet:
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=quiet,
-        transient=False,
-    )
 
 
 def _run_torch(
@@ -180,7 +137,7 @@ def execute(
     specs = [j.spec for j in plan.jobs]
     writer = export.ShardedWriter(directory, specs, max_shard_size)
     try:
-        with _progress(quiet) as progress:
+        with progress_bar("[bold]{task.description}", unit="bytes", enabled=not quiet) as progress:
             task = progress.add_task("merging", total=plan.out_bytes)
 
             def advance(nbytes: int) -> None:

@@ -44,7 +44,7 @@ class ReportContent:
 
 
 def format_metric(name: str, m: Metric | None) -> str:
-    """'63.3% [61.0, 65.5]' for accuracy-like metrics, '0.052 [0.041, 0.066]' otherwise."""
+    """'63.3% [61.0, 65.5]' for metrics shown as percent, '0.052 [0.041, 0.066]' otherwise."""
     if m is None or math.isnan(m.value):
         return "–"
     k = scale_of(name)

@@ -215,7 +215,7 @@ class Sweep:
         self, family: str, lam: float, advance: Callable[[int], None] = lambda n: None
     ) -> tuple[dict, dict, dict]:
         """Rewrite the weights to (family, λ) and measure every split (+ diversity)."""
-        from calmerge.eval.calibration import compute_metrics
+        from calmerge.eval.metrics import compute_metrics
 
         self._load()
         cfg = self.cfg
@@ -230,8 +230,8 @@ class Sweep:
             advance(len(result.ids))
         gens: dict[str, list[str]] = {}
         if self.prompts:
-            from calmerge.eval.diversity import diversity_metrics
             from calmerge.eval.generate import sample_generations
+            from calmerge.eval.metrics import diversity_metrics
 
             samples = sample_generations(
                 self._model,
