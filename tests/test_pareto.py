@@ -10,21 +10,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from calmerge.analysis.pareto import (
-    PICK_RULES,
     Metric,
     Point,
     default_objectives,
     dominates,
-    knee_point,
     oriented,
-    paired_gain_interval,
     parents,
     pareto_front,
-    pick,
     recovered_fraction,
-    verdict,
 )
+from calmerge.analysis.pick import PICK_RULES, knee_point, pick
+from calmerge.analysis.verdict import paired_gain_interval, verdict
 from calmerge.errors import ConfigError
+from calmerge.report.sentences import temperature_sentence, verdict_sentences
 
 NAN = float("nan")
 
@@ -260,9 +258,9 @@ def test_verdict_superior():
     assert v.is_superior and v.gain.lo > 0
     assert v.best_parent == "aligned"
     assert v.recovered == pytest.approx((0.16 - 0.07) / 0.12)
-    assert v.sentences[0].startswith("λ=0.5 is Pareto-superior: +7.0 points over the best parent")
-    assert "75% of the lost calibration recovered" in v.sentences[0]
-    assert "chosen by rule 'max-acc' on dev and is reported on test" in " ".join(v.sentences)
+    assert verdict_sentences(v)[0].startswith("λ=0.5 is Pareto-superior: +7.0 points over the best parent")
+    assert "75% of the lost calibration recovered" in verdict_sentences(v)[0]
+    assert "chosen by rule 'max-acc' on dev and is reported on test" in " ".join(verdict_sentences(v))
 
 
 def test_verdict_not_superior_when_gain_is_noise():
@@ -272,9 +270,9 @@ def test_verdict_not_superior_when_gain_is_noise():
     v = verdict(pts, n_boot=400)
     assert v.pick.lam == 0.5
     assert not v.is_superior and v.gain.lo <= 0 < v.gain.hi
-    assert v.sentences[0].startswith("No λ is Pareto-superior on test: λ=0.5")
-    assert "does not exclude zero" in v.sentences[0]
-    assert "40% of the lost calibration recovered" in v.sentences[0]
+    assert verdict_sentences(v)[0].startswith("No λ is Pareto-superior on test: λ=0.5")
+    assert "does not exclude zero" in verdict_sentences(v)[0]
+    assert "40% of the lost calibration recovered" in verdict_sentences(v)[0]
 
 
 def test_verdict_parent_pick_and_no_ece_rise():
@@ -282,15 +280,15 @@ def test_verdict_parent_pick_and_no_ece_rise():
     eces = {0.0: 0.10, 0.5: 0.09, 1.0: 0.05}  # alignment *improved* calibration
     v = verdict(synthetic_points(accs, eces), n_boot=200)
     assert v.pick.lam == 0.0 and not v.is_superior and v.recovered is None
-    assert "the base model itself" in v.sentences[0]
-    assert "alignment did not raise ECE" in v.sentences[0]
+    assert "the base model itself" in verdict_sentences(v)[0]
+    assert "alignment did not raise ECE" in verdict_sentences(v)[0]
 
 
 def test_verdict_without_dev_says_so():
     pts = synthetic_points(HUMP_ACC, HUMP_ECE, splits=("test",))
     v = verdict(pts, n_boot=200)
     assert v.chosen_on_report_split and v.select_split == "test"
-    text = " ".join(v.sentences)
+    text = " ".join(verdict_sentences(v))
     assert "chosen on test, the same data it is reported on" in text
     with pytest.raises(ConfigError, match="split 'holdout'"):
         verdict(pts, report_split="holdout")
@@ -311,9 +309,9 @@ def test_verdict_temperature_sentence_and_missing_items():
     pts = synthetic_points(HUMP_ACC, HUMP_ECE)
     ts = {"acc": Metric(0.62, NAN, NAN), "ece": Metric(0.03, NAN, NAN)}
     v = verdict(pts, n_boot=200, temperature_scaled=ts)
-    assert v.temperature_sentence is not None
-    assert "reaches ECE 0.030" in v.temperature_sentence
-    assert "less well calibrated (ECE 0.070) and 7.0 points more accurate" in v.temperature_sentence
+    assert temperature_sentence(v) is not None
+    assert "reaches ECE 0.030" in temperature_sentence(v)
+    assert "less well calibrated (ECE 0.070) and 7.0 points more accurate" in temperature_sentence(v)
     bare = [Point(p.family, p.lam, p.metrics, p.reliability, None) for p in pts]
     vb = verdict(bare, n_boot=200)
-    assert not vb.is_superior and "no per-item results" in vb.sentences[0]
+    assert not vb.is_superior and "no per-item results" in verdict_sentences(vb)[0]

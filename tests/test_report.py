@@ -11,10 +11,12 @@ from pathlib import Path
 import pytest
 from test_pareto import HUMP_ACC, HUMP_ECE, synthetic_points
 
-from calmerge.analysis.pareto import Metric, Point, verdict
+from calmerge.analysis.pareto import Metric, Point
+from calmerge.analysis.verdict import verdict
 from calmerge.errors import OutputError
 from calmerge.report import write_report
 from calmerge.report.content import format_metric
+from calmerge.report.sentences import verdict_sentences
 
 EVIL = '<script>alert("x")</script>'
 FEW = {x: HUMP_ACC[x] for x in (0.0, 0.3, 0.5, 0.7, 1.0, 1.2)}
@@ -98,7 +100,7 @@ def test_verdict_and_table_in_both_formats(report):
     pts, v, out, paths = report
     page = paths.html.read_text("utf-8")
     md = paths.markdown.read_text("utf-8")
-    first = v.sentences[0]
+    first = verdict_sentences(v)[0]
     assert first.startswith("λ=0.5 is Pareto-superior")
     assert page.index(first) < page.index("<img")  # the verdict comes before the figures
     classes = [set(c.split()) for c in re.findall(r'<tr class="([^"]*)">', page)]

@@ -209,7 +209,7 @@ def test_report_escapes_dataset_and_model_text(tiny_pair, tmp_path):
     pid = db.points(res.run_id, status="done")[0].id
     with db._tx() as c:  # a model that writes markup
         c.execute("UPDATE generations SET text = ? WHERE point_id = ?", (f"model says {evil}", pid))
-    paths, _ = api.report(cfg.store, None, tmp_path / "report")
+    paths = api.report(cfg.store, None, tmp_path / "report").paths
     html_text = paths.html.read_text()
     md_text = paths.markdown.read_text()
     assert "<script" not in html_text.lower() and "<script" not in md_text.lower()

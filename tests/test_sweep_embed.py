@@ -15,7 +15,8 @@ import json
 import pytest
 
 from calmerge import api
-from calmerge.analysis.pareto import default_objectives, verdict
+from calmerge.analysis.pareto import default_objectives
+from calmerge.analysis.verdict import verdict
 from calmerge.config import SweepConfig
 from calmerge.eval.metrics import GENERATION_SPLIT, METRICS, diversity_candidates
 from calmerge.report.figures import diversity_panels, diversity_vs_lambda

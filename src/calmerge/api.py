@@ -19,7 +19,8 @@ from calmerge.io.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from calmerge.analysis.diff import LayerDelta
-    from calmerge.analysis.pareto import Point, Verdict
+    from calmerge.analysis.pareto import Point
+    from calmerge.analysis.verdict import Verdict
     from calmerge.eval.metrics import Metric
     from calmerge.eval.score import ScoreResult
     from calmerge.merge.engine import MergeResult
@@ -223,6 +224,7 @@ class SweepReport:
     html: Path
     markdown: Path
     verdict: Verdict
+    sentences: list[str]
     computed: int
     skipped: int
 
@@ -233,13 +235,14 @@ def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
 
     runner = Sweep(cfg)
     outcome = runner.execute(progress=progress)
-    paths, verdict = report(cfg.store, str(runner.run.id), Path(cfg.out), pick=cfg.pick)
+    written = report(cfg.store, str(runner.run.id), Path(cfg.out), pick=cfg.pick)
     return SweepReport(
         run_id=runner.run.id,
         store=Path(cfg.store),
-        html=paths.html,
-        markdown=paths.markdown,
-        verdict=verdict,
+        html=written.paths.html,
+        markdown=written.paths.markdown,
+        verdict=written.verdict,
+        sentences=written.sentences,
         computed=len(outcome.computed),
         skipped=len(outcome.skipped),
     )
@@ -296,8 +299,8 @@ def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Ana
     baseline is the aligned model's dev-fitted temperature applied to its test predictions.
     """
     from calmerge.analysis.baseline import temperature_scaled
-    from calmerge.analysis.pareto import check_rule
-    from calmerge.analysis.pareto import verdict as make_verdict
+    from calmerge.analysis.pick import check_rule
+    from calmerge.analysis.verdict import verdict as make_verdict
     from calmerge.results.points import load_points, point_predictions
 
     check_rule(pick)
@@ -327,11 +330,21 @@ def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Ana
     return Analysis(db, rec, cfg, points, v, ts)
 
 
+@dataclass(frozen=True)
+class WrittenReport:
+    """A (re)written report: its files, the verdict and the verdict's sentences."""
+
+    paths: ReportPaths
+    verdict: Verdict
+    sentences: list[str]
+
+
 def report(
     store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
-) -> tuple[ReportPaths, Verdict]:
+) -> WrittenReport:
     """(Re)write the HTML/Markdown report of a run from the store alone."""
     from calmerge.report import write_report
+    from calmerge.report.sentences import verdict_sentences
 
     a = analyse(store, run, pick=pick)
     cfg = a.config
@@ -353,7 +366,7 @@ def report(
         temperature_scaled=a.temperature_scaled,
         examples=example_tables(a),
     )
-    return paths, a.verdict
+    return WrittenReport(paths, a.verdict, verdict_sentences(a.verdict))
 
 
 def example_tables(a: Analysis, *, limit: int = 6) -> list[Table]:

@@ -301,7 +301,7 @@ def _print_verdict(result) -> None:
         f"run {result.run_id}: {result.computed} points computed, {result.skipped} already in "
         f"{result.store}"
     )
-    for sentence in result.verdict.sentences:
+    for sentence in result.sentences:
         console.print(f"[bold]•[/] {sentence}", highlight=False)
     console.print(f"report: {result.html}")
 
@@ -352,10 +352,10 @@ def report_cmd(
     """(Re)write the HTML/Markdown report of a run from the store (no model needed)."""
     from calmerge import api
 
-    paths, verdict = api.report(store, run, out, pick=pick)
-    for sentence in verdict.sentences:
+    written = api.report(store, run, out, pick=pick)
+    for sentence in written.sentences:
         console.print(f"[bold]•[/] {sentence}", highlight=False)
-    console.print(f"report: {paths.html}")
+    console.print(f"report: {written.paths.html}")
 
 
 @app.command("export")

@@ -244,7 +244,7 @@ class SweepConfig(EvalSettings):
     @field_validator("pick")
     @classmethod
     def _pick(cls, v: str) -> str:
-        from calmerge.analysis.pareto import check_rule
+        from calmerge.analysis.pick import check_rule
 
         return choice(check_rule, v)
 

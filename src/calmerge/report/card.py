@@ -11,7 +11,9 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from calmerge.analysis.pareto import Point, Verdict
+from calmerge.analysis.pareto import Point
+from calmerge.analysis.verdict import Verdict
+from calmerge.report.sentences import verdict_sentences
 
 
 def card_metrics(
@@ -30,7 +32,7 @@ def card_metrics(
         f"Picked `{point.family}` λ={point.lam:g} by rule `{rule}` from sweep run {run_id}"
         f" ({run_name}).",
         "",
-        *[f"- {s}" for s in verdict.sentences],
+        *[f"- {s}" for s in verdict_sentences(verdict)],
         "",
         "| split | metric | value | 95% interval |",
         "|---|---|---|---|",

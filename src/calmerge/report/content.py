@@ -12,8 +12,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from calmerge.analysis.pareto import Point, Verdict, pareto_front, same_point
+from calmerge.analysis.pareto import Point, pareto_front, same_point
+from calmerge.analysis.verdict import Verdict
 from calmerge.eval.metrics import GENERATION_SPLIT, METRICS, Metric, label_of, scale_of
+from calmerge.report.sentences import verdict_sentences
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ def build_content(
     return ReportContent(
         title=title,
         meta=meta_rows,
-        sentences=list(verdict.sentences),
+        sentences=verdict_sentences(verdict),
         superior=verdict.is_superior,
         tables=[points_table(points, s, verdict) for s in split_order(points, verdict)],
         baseline=baseline,

@@ -20,7 +20,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from calmerge.analysis.pareto import Point, Verdict, metric_of, pareto_front, point_label
+from calmerge.analysis.pareto import Point, metric_of, pareto_front, point_label
+from calmerge.analysis.verdict import Verdict
 from calmerge.eval.metrics import (
     GENERATION_SPLIT,
     METRICS,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import jinja2
 
-from calmerge.analysis.pareto import Point, Verdict
+from calmerge.analysis.pareto import Point
+from calmerge.analysis.verdict import Verdict
 from calmerge.errors import OutputError
 from calmerge.eval.metrics import Metric
 from calmerge.io.atomic import atomic_write_text

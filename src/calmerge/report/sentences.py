@@ -1,0 +1,103 @@
+"""The verdict in plain sentences: the report's first lines, the CLI's summary, the model card.
+
+Why apart from `analysis.verdict`: the verdict is numbers, computed once; how they are said is
+report content, and every place that says it (HTML, Markdown, terminal, model card) reads
+these functions, so the wording cannot differ between them.
+"""
+
+from __future__ import annotations
+
+import math
+
+from calmerge.analysis.pareto import point_label
+from calmerge.analysis.verdict import Verdict
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def verdict_sentences(v: Verdict) -> list[str]:
+    """Superior or not (and why), what alignment did, how the pick was chosen, the baseline."""
+    label, rs, gain, acc, ece = point_label(v.pick), v.report_split, v.gain, v.acc, v.ece
+    ci = (
+        f"95% CI {_pts(gain.lo)} to {_pts(gain.hi)}"
+        if not math.isnan(gain.lo)
+        else "no per-item results, so no interval"
+    )
+    rec = (
+        f"{100 * v.recovered:.0f}% of the lost calibration recovered"
+        if v.recovered is not None
+        else "no calibration to recover (alignment did not raise ECE on "
+        f"{rs}: base {ece['base']:.3f}, aligned {ece['aligned']:.3f})"
+    )
+    sentences: list[str] = []
+    if v.is_superior:
+        sentences.append(
+            f"{label} is Pareto-superior: {_pts(gain.value)} points over the best parent "
+            f"({v.best_parent}; {ci}), {rec}."
+        )
+    else:
+        parent = v.pick_is_parent
+        if parent is not None:
+            why = f"the pick ({v.rule} on {v.select_split}) is the {parent} model itself"
+        elif not v.has_items:
+            why = (
+                f"{label} is {_pts(gain.value)} points over the best parent ({v.best_parent})"
+                f" but {ci}"
+            )
+        else:
+            why = (
+                f"{label} ({v.rule} on {v.select_split}) is {_pts(gain.value)} points against"
+                f" the best parent ({v.best_parent}) and the {ci} does not exclude zero"
+            )
+        sentences.append(f"No λ is Pareto-superior on {rs}: {why}; {rec}.")
+    sentences.append(
+        f"Alignment moved accuracy from {_pct(acc['base'])} (base) to {_pct(acc['aligned'])} "
+        f"(aligned) and ECE from {ece['base']:.3f} to {ece['aligned']:.3f} on {rs}; "
+        f"{label} has accuracy {_pct(acc['pick'])} and ECE {ece['pick']:.3f}."
+    )
+    if v.chosen_on_report_split:
+        sentences.append(
+            f"There is no separate '{v.asked_split}' split, so {label} was chosen on {rs}, the same "
+            "data it is reported on: these numbers are optimistic (selection bias)."
+        )
+    else:
+        sentences.append(
+            f"{label} was chosen by rule '{v.rule}' on {v.select_split} and is reported on {rs}."
+        )
+    ts = temperature_sentence(v)
+    if ts:
+        sentences.append(ts)
+    return sentences
+
+
+def temperature_sentence(v: Verdict) -> str | None:
+    """Compare the pick with the post-hoc baseline: the aligned model, temperature-scaled."""
+    ts = v.temperature_scaled
+    if not ts or "ece" not in ts:
+        return None
+    label, split = point_label(v.pick), v.report_split
+    acc_pick, ece_pick = v.acc["pick"], v.ece["pick"]
+    ts_ece = ts["ece"].value
+    ts_acc = ts["acc"].value if "acc" in ts else float("nan")
+    acc_txt = f" at accuracy {_pct(ts_acc)}" if not math.isnan(ts_acc) else ""
+    head = (
+        f"Temperature scaling of the aligned model (fitted on dev) reaches ECE {ts_ece:.3f}"
+        f"{acc_txt} on {split}"
+    )
+    if ece_pick <= ts_ece:
+        cal = f"{label} is better calibrated (ECE {ece_pick:.3f})"
+    else:
+        cal = f"{label} is less well calibrated (ECE {ece_pick:.3f})"
+    if not math.isnan(ts_acc):
+        diff = acc_pick - ts_acc
+        if diff == 0:
+            cal += " at equal accuracy"
+        else:
+            cal += f" and {abs(100 * diff):.1f} points {'more' if diff > 0 else 'less'} accurate"
+    return f"{head}; {cal} — temperature scaling cannot change which answer is chosen."
