@@ -192,25 +192,25 @@ def eval_cmd(
         Path | None, typer.Option("--prompts", help="Open-ended prompts for diversity.")
     ] = None,
     dev: Annotated[Path | None, typer.Option("--dev", help="Dev items (few-shot).")] = None,
-    fewshot: Annotated[int, typer.Option("--fewshot", help="Few-shot examples from --dev.")] = 0,
-    mode: Annotated[str, typer.Option("--mode", help="loglik or letter.")] = "loglik",
+    fewshot: Annotated[int | None, typer.Option("--fewshot", help="Few-shot examples from --dev.")] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help="loglik or letter.")] = None,
     prompt_template: Annotated[
         str | None,
         typer.Option("--prompt-template", help="e.g. '{question}\\n{choices}\\nAnswer:'."),
     ] = None,
-    prompt_format: Annotated[str, typer.Option("--prompt-format", help="plain or chat.")] = "plain",
-    dtype: Annotated[str, typer.Option("--dtype", help="float32, bfloat16, float16.")] = "float32",
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per forward.")] = 32,
-    samples: Annotated[int, typer.Option("--samples", help="Samples per prompt.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 32,
-    temperature: Annotated[float, typer.Option("--temperature")] = 1.0,
-    top_p: Annotated[float, typer.Option("--top-p")] = 1.0,
+    prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="plain or chat.")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16, float16.")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Questions per forward.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", help="Samples per prompt.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
+    temperature: Annotated[float | None, typer.Option("--temperature")] = None,
+    top_p: Annotated[float | None, typer.Option("--top-p")] = None,
     no_embed: Annotated[
         bool, typer.Option("--no-embed", help="Skip the embedding-diversity metric.")
     ] = False,
-    n_boot: Annotated[int, typer.Option("--n-boot", help="Bootstrap replicates.")] = 1000,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    n_boot: Annotated[int | None, typer.Option("--n-boot", help="Bootstrap replicates.")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
     output: Annotated[
         Path | None, typer.Option("--output", help="results.json (+ .reliability.png).")
     ] = None,
@@ -223,16 +223,18 @@ def eval_cmd(
     from calmerge.config import EvalConfig, validate
 
     template = prompt_template.replace("\\n", "\n").replace("\\t", "\t") if prompt_template else None
-    raw = {
+    given = {
         "model": model, "data": str(data), "prompts": str(prompts) if prompts else None,
         "dev": str(dev) if dev else None, "fewshot": fewshot, "mode": mode,
         "prompt_template": template, "prompt_format": prompt_format, "dtype": dtype,
         "device": device, "batch_size": batch_size, "samples": samples,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-        "embed_diversity": not no_embed, "n_boot": n_boot, "seed": seed,
-        "output": str(output) if output else None, "trust_remote_code": trust_remote_code,
+        "embed_diversity": False if no_embed else None, "n_boot": n_boot, "seed": seed,
+        "output": str(output) if output else None,
+        "trust_remote_code": trust_remote_code or None,
     }
-    cfg = validate(EvalConfig, raw, "command line")
+    # only what was given: every default is the config model's own, stated once
+    cfg = validate(EvalConfig, {k: v for k, v in given.items() if v is not None}, "command line")
     report = api.evaluate(cfg, progress=True)
     table = Table(title=f"{model} — {len(report.result)} items, {cfg.mode}", title_justify="left")
     for col in ("metric", "value", "95% interval"):

@@ -252,11 +252,16 @@ def eval_malformed(tmp, pair):
 
 
 # ── sweep configs and stores ──
-def sweep_unknown_key(tmp, pair):
+def sweep_yaml(tmp, pair, line: str) -> list[str]:
+    """A sweep YAML of the pair, one good item, and `line` (the fault) among its keys."""
     y = tmp / "s.yml"
-    y.write_text(f"base: {pair[0]}\naligned: {pair[1]}\ndata: {items_file(tmp, [GOOD])}\ngird: [0, 1]\n"
+    y.write_text(f"base: {pair[0]}\naligned: {pair[1]}\ndata: {items_file(tmp, [GOOD])}\n{line}\n"
                  f"store: {OUT}/runs.db\nout: {OUT}\n")
     return ["sweep", str(y), "--quiet"]
+
+
+def sweep_unknown_key(tmp, pair):
+    return sweep_yaml(tmp, pair, "gird: [0, 1]")
 
 
 def sweep_bad_grid(tmp, pair):
@@ -265,6 +270,22 @@ def sweep_bad_grid(tmp, pair):
 
 def sweep_unknown_family(tmp, pair):
     return sweep_argv(pair, items_file(tmp, [GOOD]), "--family", "slurp")
+
+
+def sweep_unknown_pick(tmp, pair):
+    return sweep_argv(pair, items_file(tmp, [GOOD]), "--pick", "knea")
+
+
+def sweep_unknown_objective(tmp, pair):
+    return sweep_yaml(tmp, pair, "objectives: [acc, ece, embed_div]")
+
+
+def report_unknown_pick(tmp, pair):
+    store = tmp / "runs.db"
+    from calmerge.results.store import ResultStore
+
+    ResultStore(store).close()  # an existing, empty store: the rule is refused before it is read
+    return ["report", "--store", str(store), "--out", OUT, "--pick", "max_acc"]
 
 
 def sweep_bad_value(tmp, pair):
@@ -322,6 +343,9 @@ CASES: list[Case] = [
     Case("sweep-unknown-key", "Unknown key in a sweep YAML (did you mean)", sweep_unknown_key, "gird"),
     Case("sweep-bad-grid", "Non-numeric λ grid", sweep_bad_grid, "0,half,1"),
     Case("sweep-unknown-family", "Unknown sweep family", sweep_unknown_family, "slurp"),
+    Case("sweep-unknown-pick", "Unknown pick rule, refused before any model loads", sweep_unknown_pick, "knea"),
+    Case("sweep-unknown-objective", "Unknown objective in a sweep YAML (did you mean embed_distance)", sweep_unknown_objective, "embed_div"),
+    Case("report-unknown-pick", "Unknown pick rule for `report`, refused before the store is read", report_unknown_pick, "max_acc"),
     Case("sweep-bad-value", "Out-of-range config value", sweep_bad_value, "samples"),
     Case("report-dir-is-file", "Report directory is an existing file", sweep_report_is_file, "report-file"),
     Case("missing-store", "Results store that does not exist", missing_store, "none.db"),
@@ -335,7 +359,7 @@ def markdown() -> str:
         "# Robustness: bad inputs",
         "",
         "Generated from `tests/bad_inputs/cases.py` (`python tests/bad_inputs/cases.py > docs/robustness.md`).",
-        "Every case is run by `tests/test_bad_inputs.py`: exit code 2, exactly one error line on stderr",
+        "Every case is run by `tests/e2e/test_bad_inputs.py`: exit code 2, exactly one error line on stderr",
         "naming the culprit and a hint, no traceback, and nothing written at the output path (faults",
         "found while streaming, such as NaN weights, may follow a progress bar).",
         "",
@@ -345,7 +369,7 @@ def markdown() -> str:
     lines += [f"| `{c.id}` | {c.title} | `{c.expect}` |" for c in CASES]
     lines += [
         "",
-        "Faults done for real, in subprocesses (`tests/test_faults.py`):",
+        "Faults done for real, in subprocesses (`tests/e2e/test_faults.py`):",
         "",
         "- kill -9 at random moments during a sweep, 20 trials on 4 stores: `PRAGMA integrity_check` is ok",
         "  after every kill, no finished point is ever recomputed, and each re-run ends with metrics and",

@@ -9,7 +9,7 @@ from bad_inputs.cases import CASES, OUT, markdown
 
 from calmerge.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
