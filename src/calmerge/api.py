@@ -9,7 +9,7 @@ typed results. Heavy modules (torch, numpy, transformers) are imported inside th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +21,8 @@ if TYPE_CHECKING:
     from calmerge.analysis.diff import LayerDelta
     from calmerge.analysis.pareto import Point
     from calmerge.analysis.verdict import Verdict
+    from calmerge.eval.evaluate import Evaluation
     from calmerge.eval.metrics import Metric
-    from calmerge.eval.score import ScoreResult
     from calmerge.merge.engine import MergeResult
     from calmerge.organism import OrganismPaths, Recipe
     from calmerge.report import ReportPaths
@@ -126,14 +126,9 @@ def merge(
 
 @dataclass(frozen=True)
 class EvalReport:
-    """A finished `calmerge eval`: metrics with intervals, per-item scores, diversity, files."""
+    """A finished `calmerge eval`: what was measured, and the files written (if any)."""
 
-    metrics: dict[str, Metric]
-    result: ScoreResult
-    reliability: list[dict[str, float]]
-    diversity: dict[str, float] | None
-    samples: list[list[str]] | None
-    seconds: float
+    evaluation: Evaluation
     output: Path | None = None
     diagram: Path | None = None
 
@@ -153,63 +148,24 @@ def _eval_output_paths(output: str | None) -> tuple[Path | None, Path | None]:
 def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     """Score `cfg.data` (and sample `cfg.prompts`) with one model; write outputs atomically.
 
-    Every input is validated (items, prompts, template, chat template, context length, output
-    path) before the model runs, so a user mistake leaves nothing behind.
+    The output paths are checked before the model loads, every input before it runs
+    (`eval.evaluate`), so a user mistake leaves nothing behind.
     """
-    import time
-
-    from calmerge.eval.calibration import reliability_bins
-    from calmerge.eval.data import load_items, load_prompts, native_template
-    from calmerge.eval.loading import load_model
-    from calmerge.eval.metrics import compute_metrics
-    from calmerge.eval.score import Scorer
+    from calmerge.eval.evaluate import evaluate_model
 
     out_json, out_png = _eval_output_paths(cfg.output)
-    items = load_items(cfg.data)
-    fewshot = load_items(cfg.dev)[: cfg.fewshot] if cfg.dev else []
-    prompts = load_prompts(cfg.prompts) if cfg.prompts else []
-    model, tokenizer = load_model(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
-    scorer = Scorer(
-        tokenizer, items, mode=cfg.mode, template=cfg.prompt_template or native_template(cfg.data),
-        prompt_format=cfg.prompt_format, fewshot=fewshot, batch_size=cfg.batch_size,
-    )
-    scorer.check_context(getattr(model.config, "max_position_embeddings", None))
-    start = time.perf_counter()
-    result = scorer.score(model, progress=progress)
-    metrics = compute_metrics(result, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins)
-    reliability = reliability_bins(result.confidence, result.correct, cfg.n_bins)
-    diversity = samples = None
-    if prompts:
-        from calmerge.eval.generate import sample_generations
-        from calmerge.eval.metrics import diversity_metrics
+    ev = evaluate_model(cfg, progress=progress)
+    if out_json is None or out_png is None:
+        return EvalReport(ev)
+    from calmerge.report.evaluation import write_eval_diagram, write_eval_json
 
-        samples = sample_generations(
-            model, tokenizer, prompts, k=cfg.samples, temperature=cfg.temperature,
-            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-            chat=cfg.prompt_format == "chat", batch_size=max(1, cfg.batch_size // 2),
-            progress=progress,
-        )
-        diversity = diversity_metrics(samples, embed=cfg.embed_diversity)
-    report = EvalReport(
-        metrics, result, reliability, diversity, samples, time.perf_counter() - start
+    write_eval_json(
+        out_json, config=cfg.model_dump(mode="json"), metrics=ev.metrics,
+        reliability=ev.reliability, diversity=ev.diversity, predictions=ev.result.predictions(),
+        samples=ev.samples, seconds=ev.seconds,
     )
-    if out_json is not None and out_png is not None:
-        from calmerge.report.evaluation import write_eval_diagram, write_eval_json
-
-        write_eval_json(
-            out_json, config=cfg.model_dump(mode="json"), metrics=metrics,
-            reliability=reliability, diversity=diversity, predictions=result.predictions(),
-            samples=(
-                {p.id: s for p, s in zip(prompts, samples, strict=True)}
-                if samples is not None else None
-            ),
-            seconds=report.seconds,
-        )
-        write_eval_diagram(out_png, cfg.model, metrics["ece"], reliability)
-        report = replace(report, output=out_json, diagram=out_png)
-    return report
+    write_eval_diagram(out_png, cfg.model, ev.metrics["ece"], ev.reliability)
+    return EvalReport(ev, out_json, out_png)
 
 
 # ───────────────────────────── sweep ─────────────────────────────

@@ -236,13 +236,14 @@ def eval_cmd(
     # only what was given: every default is the config model's own, stated once
     cfg = validate(EvalConfig, {k: v for k, v in given.items() if v is not None}, "command line")
     report = api.evaluate(cfg, progress=True)
-    table = Table(title=f"{model} — {len(report.result)} items, {cfg.mode}", title_justify="left")
+    ev = report.evaluation
+    table = Table(title=f"{model} — {len(ev.result)} items, {cfg.mode}", title_justify="left")
     for col in ("metric", "value", "95% interval"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for row in _eval_rows(report.metrics, report.diversity):
+    for row in _eval_rows(ev.metrics, ev.diversity):
         table.add_row(*row)
     console.print(table)
-    console.print(f"scored in {report.seconds:.1f} s", highlight=False)
+    console.print(f"scored in {ev.seconds:.1f} s", highlight=False)
     if report.output is not None:
         console.print(f"wrote [bold]{report.output}[/] and {report.diagram}", highlight=False)
 

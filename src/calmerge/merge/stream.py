@@ -31,15 +31,24 @@ PREFETCH = 2
 
 
 def merge_one(
-    plan: MergePlan, job: Job, tensors: list[torch.Tensor], device: str = "cpu"
+    plan: MergePlan,
+    job: Job,
+    tensors: list[torch.Tensor],
+    device: str = "cpu",
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Merge one tensor: cast to the compute dtype, apply the method, cast to the output."""
+    """Merge one tensor: cast to the compute dtype, apply the method, cast to the output.
+
+    `out`: a tensor of the job's shape and output dtype to write into instead of a new one (the
+    sweep's live parameters: row blocks land straight in the model, no second copy).
+    """
     import torch
 
     ref = tensors[plan.ref_index]
     if not job.merge:
         return ref
-    out = torch.empty(job.spec.shape, dtype=job.spec.dtype)
+    if out is None:
+        out = torch.empty(job.spec.shape, dtype=job.spec.dtype)
     rows = job.common_rows
     views = [t[:rows] for t in tensors] if rows is not None else tensors
     target = out[:rows] if rows is not None else out

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from calmerge.analysis.examples import ChangedAnswer
+from calmerge.eval.metrics import GENERATION_SPLIT
 from calmerge.report.content import Row, Table
 
 _MARK = {True: "✓", False: "✗"}
@@ -14,7 +15,7 @@ _MARK = {True: "✓", False: "✗"}
 def generations_table(columns: Sequence[str], rows: Sequence[tuple[str, list[list[str]]]]) -> Table:
     """One row per prompt: the prompt, then each model's first samples (one per line)."""
     return Table(
-        "gen",
+        GENERATION_SPLIT,
         "Sample generations (first two samples)",
         ["prompt", *columns],
         [Row([text, *("\n".join(s) for s in samples)]) for text, samples in rows],

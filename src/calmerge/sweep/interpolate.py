@@ -75,7 +75,15 @@ class LiveInterpolator:
         plan = plan_merge(config, opened=[self.base, self.aligned])
         jobs = {job.spec.name: job for job in plan.jobs}
         for name, param in self._params:
+            job = jobs[name]
             tensors = [ckpt.get(name) for ckpt in plan.inputs]
-            merged = merge_one(plan, jobs[name], tensors)
-            param.copy_(merged.to(device=param.device, dtype=param.dtype))
-            del tensors, merged
+            in_place = (
+                param.device.type == "cpu"
+                and param.dtype == job.spec.dtype
+                and tuple(param.shape) == job.spec.shape
+            )
+            target = param.data if in_place else None
+            merged = merge_one(plan, job, tensors, out=target)
+            if merged is not target:  # another device or dtype, or a copied non-float tensor
+                param.copy_(merged.to(device=param.device, dtype=param.dtype))
+            del tensors, merged, target

@@ -215,7 +215,7 @@ class Sweep:
         self, family: str, lam: float, advance: Callable[[int], None] = lambda n: None
     ) -> tuple[dict, dict, dict]:
         """Rewrite the weights to (family, λ) and measure every split (+ diversity)."""
-        from calmerge.eval.metrics import compute_metrics
+        from calmerge.eval.metrics import GENERATION_SPLIT, compute_metrics
 
         self._load()
         cfg = self.cfg
@@ -246,7 +246,7 @@ class Sweep:
                 batch_size=64,  # prompts per generate call: fewer, wider calls are much faster
             )
             div = diversity_metrics(samples, embed=cfg.embed_diversity)
-            metrics["gen"] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
+            metrics[GENERATION_SPLIT] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
             gens = {p.id: s for p, s in zip(self.prompts, samples, strict=True)}
             advance(len(self.prompts) * cfg.samples)
         return metrics, preds, gens

@@ -7,7 +7,7 @@ These kernels need only numpy, work on raw safetensors bytes in reused buffers, 
 GIL in every ufunc, so the engine can run them in a few threads without torch at all.
 
 Bitwise parity with `methods._linear` (and so with mergekit 0.1.5) rests on three facts, each
-tested in tests/test_merge_kernels.py:
+tested in tests/unit/test_merge_kernels.py:
 
 - widening bf16/fp16 to fp32 is exact; narrowing fp32 → bf16 is round-to-nearest-even on the bit
   pattern (what torch does for finite values), fp32 → fp16 is numpy's IEEE cast (also RNE);
