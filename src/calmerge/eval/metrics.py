@@ -279,7 +279,7 @@ generation_metric("self_bleu", "min", label="self-BLEU", unit="BLEU 0–100",
                   diversity_rank=5)(div.self_bleu)
 generation_metric("distinct_answers", "max", label="distinct answers", unit="count",
                   diversity_rank=6)(div.distinct_answers)
-generation_metric("embed_distance", "max", label="embedding diversity (mean cosine distance)",
+generation_metric("embed_distance", "max", label="embedding diversity",
                   unit="1 − cos", per_prompt=False, diversity_rank=2,
                   needs_embedder=True)(div.embedding_distance)
 
