@@ -8,6 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from calmerge.eval import bootstrap, temperature
 from calmerge.eval import calibration as cal
 from calmerge.eval import metrics as metrics_mod
 from calmerge.eval.metrics import METRICS, MetricSpec, compute_metrics, specs
@@ -120,14 +121,14 @@ def test_temperature_recovers_known_scale():
     z = rng.normal(size=(4000, 4)) * 1.5
     p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
     labels = np.array([rng.choice(4, p=row) for row in p])
-    temp = cal.fit_temperature(3 * z, labels)
+    temp = temperature.fit_temperature(3 * z, labels)
     assert temp == pytest.approx(3.0, rel=0.1)
-    assert cal.nll(cal.apply_temperature(3 * z, temp), labels) < cal.nll(
-        cal.apply_temperature(3 * z, 1.0), labels)
+    assert cal.nll(temperature.apply_temperature(3 * z, temp), labels) < cal.nll(
+        temperature.apply_temperature(3 * z, 1.0), labels)
     # masked (−inf) choices stay at probability 0
     zm = 3 * z.copy()
     zm[:, 3] = -np.inf
-    assert np.all(cal.apply_temperature(zm, temp)[:, 3] == 0)
+    assert np.all(temperature.apply_temperature(zm, temp)[:, 3] == 0)
 
 
 @settings(max_examples=40, deadline=None)
@@ -181,7 +182,7 @@ def test_batched_bootstrap_metrics_equal_the_per_replicate_loop(name, n, seed, t
     v = _view_for(n, seed, ties)
     m = len(v["correct"])
     draws = np.random.default_rng(seed).integers(0, m, size=(60 if spec.expensive else 400, m))
-    batched = spec.rows(v, cal.Resamples(draws), 10)
+    batched = spec.rows(v, bootstrap.Resamples(draws), 10)
     loop = np.array([spec.fn({k: a[d] for k, a in v.items()}, 10) for d in draws])
     assert batched.shape == loop.shape
     np.testing.assert_allclose(batched, loop, rtol=1e-9, atol=1e-12, equal_nan=True)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from calmerge.eval.calibration import fit_temperature
 from calmerge.eval.metrics import Metric, compute_metrics
 from calmerge.eval.score import finalize
+from calmerge.eval.temperature import fit_temperature
 from calmerge.results.store import Prediction
 
 

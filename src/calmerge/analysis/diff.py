@@ -14,7 +14,8 @@ from pathlib import Path
 
 from calmerge.errors import CheckpointError
 from calmerge.io.atomic import atomic_write_bytes
-from calmerge.io.checkpoint import Checkpoint, layer_index, validate_pair
+from calmerge.io.checkpoint import Checkpoint, layer_index
+from calmerge.io.validate import validate_pair
 
 
 @dataclass(frozen=True)

@@ -25,9 +25,11 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from calmerge.errors import DataError
+from calmerge.eval import bootstrap as boot
 from calmerge.eval import calibration as cal
 from calmerge.eval import diversity as div
-from calmerge.eval.calibration import EXPENSIVE_BOOT_CAP, Resamples, View
+from calmerge.eval.bootstrap import EXPENSIVE_BOOT_CAP, Resamples
+from calmerge.eval.calibration import View
 from calmerge.registry import Registry
 
 # ───────────────────────────── the value type ─────────────────────────────
@@ -70,7 +72,7 @@ class MetricSpec:
     prompt's samples for generation metrics. `rows` is a choice metric's replicate-batched form
     (None: the bootstrap calls `fn` once per replicate). `percent`: stored as a fraction, drawn
     and printed as percent. `expensive`: the bootstrap uses only its first
-    `calibration.EXPENSIVE_BOOT_CAP` replicates. `diversity_rank`: order of preference for the
+    `bootstrap.EXPENSIVE_BOOT_CAP` replicates. `diversity_rank`: order of preference for the
     default third Pareto objective (None: never a default). `needs_embedder`: needs the
     sentence-embedding model, so it is skipped when embedding diversity is off.
     """
@@ -212,59 +214,59 @@ def scale_of(name: str) -> float:
 # ───────────────────────────── the metrics ─────────────────────────────
 
 
-@choice_metric("acc", "max", label="accuracy", unit="fraction", percent=True, rows=cal.acc_rows)
+@choice_metric("acc", "max", label="accuracy", unit="fraction", percent=True, rows=boot.acc_rows)
 def _acc(v: View, n_bins: int) -> float:
     return float(np.mean(v["correct"]))
 
 
 @choice_metric("acc_norm", "max", label="accuracy (length-normalised)", unit="fraction",
-               percent=True, rows=cal.acc_norm_rows)
+               percent=True, rows=boot.acc_norm_rows)
 def _acc_norm(v: View, n_bins: int) -> float:
     return float(np.mean(v["correct_norm"]))
 
 
 @choice_metric("ece", "min", label="ECE (equal-width bins)", unit="probability",
-               rows=cal.ece_rows)
+               rows=boot.ece_rows)
 def _ece(v: View, n_bins: int) -> float:
     return cal.expected_calibration_error(v["confidence"], v["correct"], n_bins)
 
 
 @choice_metric("ece_mass", "min", label="ECE (equal-mass bins)", unit="probability",
-               rows=cal.ece_mass_rows)
+               rows=boot.ece_mass_rows)
 def _ece_mass(v: View, n_bins: int) -> float:
     return cal.equal_mass_ece(v["confidence"], v["correct"], n_bins)
 
 
 @choice_metric("mce", "min", label="MCE (worst equal-width bin)", unit="probability",
-               rows=cal.mce_rows)
+               rows=boot.mce_rows)
 def _mce(v: View, n_bins: int) -> float:
     return cal.max_calibration_error(v["confidence"], v["correct"], n_bins)
 
 
-@choice_metric("smece", "min", label="smooth ECE", unit="probability", rows=cal.smece_rows,
+@choice_metric("smece", "min", label="smooth ECE", unit="probability", rows=boot.smece_rows,
                expensive=True)
 def _smece(v: View, n_bins: int) -> float:
     return cal.smooth_ece(v["confidence"], v["correct"])
 
 
 @choice_metric("brier", "min", label="Brier score", unit="squared error, 0–2",
-               rows=cal.brier_rows)
+               rows=boot.brier_rows)
 def _brier(v: View, n_bins: int) -> float:
     return cal.brier_score(v["probs"], v["answer"])
 
 
-@choice_metric("nll", "min", label="NLL", unit="nats", rows=cal.nll_rows)
+@choice_metric("nll", "min", label="NLL", unit="nats", rows=boot.nll_rows)
 def _nll(v: View, n_bins: int) -> float:
     return cal.nll(v["probs"], v["answer"])
 
 
 @choice_metric("auroc", "max", label="AUROC (confidence → correct)", unit="probability",
-               rows=cal.auroc_rows)
+               rows=boot.auroc_rows)
 def _auroc(v: View, n_bins: int) -> float:
     return cal.auroc(v["confidence"], v["correct"])
 
 
-@choice_metric("entropy", "max", label="answer entropy", unit="nats", rows=cal.entropy_rows,
+@choice_metric("entropy", "max", label="answer entropy", unit="nats", rows=boot.entropy_rows,
                diversity_rank=7)
 def _entropy(v: View, n_bins: int) -> float:
     return cal.answer_entropy(v["probs"])

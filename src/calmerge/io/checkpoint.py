@@ -1,27 +1,23 @@
-"""Open Hugging Face model directories (or hub ids) lazily, and validate them before any work.
+"""Open Hugging Face model directories (or hub ids) lazily: config, shards, index, tokenizer
+files, chat template, fingerprint; tensors are read on demand through `io.safetensors`.
 
-Why not `safe_open`'s mmap for the tensor bytes: pages touched through an mmap stay mapped and
-count toward the process's resident memory, so streaming a whole model through it grows RSS to
-the model's size. Instead the safetensors header is parsed here (which also catches truncated
-and corrupt files before any work) and each tensor is read with `os.preadv` into a fresh buffer:
-resident memory stays bounded by the tensors in flight, and `preadv` releases the GIL so reads
-overlap compute in a thread pool. The bytes read are exactly those `safe_open` would return.
+Why lazy: a merge or a sweep needs one tensor at a time, and planning needs only names, shapes
+and dtypes, which the headers give without reading a byte of weights. Pair checks are
+`io.validate`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calmerge.dtypes import FLOAT_TAGS, dtype_name, dtype_tag, itemsize, torch_dtype
+from calmerge.dtypes import FLOAT_TAGS, dtype_tag, torch_dtype
 from calmerge.errors import CheckpointError
+from calmerge.io.safetensors import TensorInfo, read_safetensors_header, read_tensor
 
 if TYPE_CHECKING:  # torch is imported on first tensor access: planning a merge never needs it
     import torch
@@ -32,101 +28,12 @@ BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def layer_index(name: str) -> int | None:
     """The transformer block a tensor belongs to (`model.layers.3.…` → 3), else None."""
     match = _LAYER_RE.search(name)
     return int(match.group(1)) if match else None
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: file, byte range (absolute), dtype tag and shape."""
-
-    file: Path
-    start: int
-    end: int
-    tag: str
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch_dtype(self.tag)
-
-
-def read_safetensors_header(path: Path) -> tuple[dict[str, TensorInfo], bytes]:
-    """Parse and structurally check a safetensors file; return its tensors and raw header.
-
-    Catches truncation (data shorter than the header promises), garbage headers and
-    overlapping or out-of-range offsets, naming the file — before any tensor is read.
-    """
-    size = path.stat().st_size
-    hint = "the file is truncated or corrupt; re-download or re-save it"
-    if size < 8:
-        raise CheckpointError(f"{path}: file too short to be safetensors ({size} bytes)", hint)
-    with path.open("rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        if n <= 0 or n > _MAX_HEADER or 8 + n > size:
-            raise CheckpointError(f"{path}: header length {n} does not fit file size {size}", hint)
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{path}: safetensors header is not valid JSON", hint) from None
-    header.pop("__metadata__", None)
-    base = 8 + n
-    tensors: dict[str, TensorInfo] = {}
-    data_end = 0
-    for name, meta in header.items():
-        try:
-            begin, end = (int(x) for x in meta["data_offsets"])
-            tag = meta["dtype"]
-            width = itemsize(tag)
-            shape = tuple(int(d) for d in meta["shape"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: bad header entry for tensor '{name}'", hint) from None
-        numel = 1
-        for d in shape:
-            numel *= d
-        if end - begin != numel * width or begin < 0:
-            raise CheckpointError(f"{path}: tensor '{name}' has inconsistent offsets", hint)
-        data_end = max(data_end, end)
-        tensors[name] = TensorInfo(path, base + begin, base + end, tag, shape)
-    if base + data_end != size:
-        raise CheckpointError(
-            f"{path}: expected {base + data_end} bytes from its header, found {size}", hint
-        )
-    return tensors, raw
-
-
-def pread_into(fd: int, offset: int, view: memoryview, file: Path) -> None:
-    """Fill `view` from `offset` of an open file with preadv (GIL released while it copies)."""
-    got = 0
-    while got < len(view):
-        n = os.preadv(fd, [view[got:]], offset + got)
-        if n == 0:
-            raise CheckpointError(f"{file}: unexpected end of file", "re-save it")
-        got += n
-
-
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Read one tensor's bytes with preadv (GIL released) into a new CPU tensor."""
-    import torch
-
-    buf = torch.empty(info.nbytes, dtype=torch.uint8)
-    if info.nbytes:
-        fd = os.open(info.file, os.O_RDONLY)
-        try:
-            pread_into(fd, info.start, memoryview(buf.numpy()), info.file)
-        finally:
-            os.close(fd)
-    return buf.view(info.dtype).reshape(info.shape)
 
 
 def _sample_bytes(path: Path, size: int, blocks: int = 16, block: int = 4096) -> bytes:
@@ -420,116 +327,3 @@ def open_checkpoint(
         h = [(f.name, f.stat().st_size, b"") for f in sorted(path.glob("pytorch_model*.bin"))]
         return Checkpoint(path, config, {}, h, pickled=state)
     raise CheckpointError(f"{path}: no model weights (*.safetensors)", "is the download complete?")
-
-
-# ───────────────────────────── pair validation ─────────────────────────────
-
-
-@dataclass
-class PairReport:
-    """What validation found that is allowed but worth telling the user."""
-
-    warnings: list[str] = field(default_factory=list)
-    vocab_base: int | None = None
-    vocab_aligned: int | None = None
-    vocab_tensors: list[str] = field(default_factory=list)
-    n_tensors: int = 0
-    n_params: int = 0
-
-    @property
-    def vocab_extended(self) -> bool:
-        return bool(self.vocab_tensors)
-
-
-def _first(items: Iterable[str]) -> str:
-    items = sorted(items)
-    more = f" (+{len(items) - 1} more)" if len(items) > 1 else ""
-    return f"'{items[0]}'{more}"
-
-
-def _mixed_dtype_warning(ckpt: Checkpoint) -> str | None:
-    floats = sorted(dtype_name(t) for t in ckpt.tag_counts if t in FLOAT_TAGS)
-    if len(floats) > 1:
-        return f"{ckpt.path}: mixed floating dtypes {floats}; merging computes in one dtype"
-    return None
-
-
-def _is_vocab_growth(name: str, sb: tuple, sa: tuple, aligned: Checkpoint) -> bool:
-    """Only a 2-D embedding/head whose rows grew is a vocabulary extension."""
-    vocab_like = "embed" in name or "lm_head" in name or sa[0] == aligned.config.get("vocab_size")
-    return len(sb) == len(sa) == 2 and sb[1] == sa[1] and sb[0] < sa[0] and vocab_like
-
-
-def validate_pair(base: Checkpoint, aligned: Checkpoint) -> PairReport:
-    """Check that `aligned` descends from `base`'s architecture; raise on real mismatch.
-
-    Allowed with a warning: the aligned vocabulary is larger (rows past the base vocab come from
-    the aligned model), the dtypes differ or are mixed.
-    """
-    report = PairReport(n_tensors=len(aligned.tensor_names), n_params=aligned.num_params)
-    hint = "the aligned model must be a fine-tune of the base (same architecture)"
-    if base.model_type != aligned.model_type or base.architectures != aligned.architectures:
-        raise CheckpointError(
-            f"architecture mismatch: base {base.model_type} {base.architectures} vs aligned"
-            f" {aligned.model_type} {aligned.architectures}",
-            hint,
-        )
-    names_b, names_a = set(base.tensor_names), set(aligned.tensor_names)
-    if names_b != names_a:
-        head = {"lm_head.weight"}
-        if (names_b ^ names_a) <= head and base.tied_embeddings != aligned.tied_embeddings:
-            tied = "base" if base.tied_embeddings else "aligned"
-            raise CheckpointError(
-                f"tied vs untied embeddings: the {tied} model ties lm_head to embed_tokens,"
-                " the other has its own lm_head.weight",
-                "both models need the same tie_word_embeddings",
-            )
-        if names_b - names_a:
-            raise CheckpointError(
-                f"{aligned.path}: missing tensor {_first(names_b - names_a)} (present in base)",
-                hint,
-            )
-        raise CheckpointError(
-            f"{aligned.path}: extra tensor {_first(names_a - names_b)} (not in base)", hint
-        )
-    for name in aligned.tensor_names:
-        sb, sa = base.shape(name), aligned.shape(name)
-        if sb == sa:
-            continue
-        if _is_vocab_growth(name, sb, sa, aligned):
-            report.vocab_tensors.append(name)
-            continue
-        raise CheckpointError(f"shape mismatch for '{name}': base {sb} vs aligned {sa}", hint)
-    if report.vocab_tensors:
-        report.vocab_base = base.shape(report.vocab_tensors[0])[0]
-        report.vocab_aligned = aligned.shape(report.vocab_tensors[0])[0]
-        report.warnings.append(
-            f"aligned vocabulary is larger ({report.vocab_base} → {report.vocab_aligned} rows in"
-            f" {len(report.vocab_tensors)} tensors): rows past the base vocab are taken from the"
-            " aligned model unchanged"
-        )
-    if base.main_tag != aligned.main_tag:
-        b, a = dtype_name(base.main_tag), dtype_name(aligned.main_tag)
-        report.warnings.append(
-            f"dtypes differ: base torch.{b} vs aligned torch.{a}; computing in"
-            " the compute dtype and writing the aligned dtype unless told otherwise"
-        )
-    for ckpt in (base, aligned):
-        warning = _mixed_dtype_warning(ckpt)
-        if warning:
-            report.warnings.append(warning)
-    return report
-
-
-def nonfinite_error(ckpt: Checkpoint, name: str) -> CheckpointError:
-    """The one error for NaN/Inf in an input tensor (torch path and kernel road alike)."""
-    return CheckpointError(
-        f"{ckpt.path}: tensor '{name}' contains NaN or Inf",
-        "the checkpoint is damaged; nothing was written",
-    )
-
-
-def check_finite(ckpt: Checkpoint, name: str, tensor: torch.Tensor) -> None:
-    """Raise naming the tensor when it holds NaN or Inf (checked while streaming)."""
-    if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
-        raise nonfinite_error(ckpt, name)

@@ -19,7 +19,8 @@ from calmerge.config import MergeConfig
 from calmerge.dtypes import FLOAT_TAGS, merge_tag, torch_dtype
 from calmerge.errors import CalmergeError, ConfigError, did_you_mean
 from calmerge.io import export
-from calmerge.io.checkpoint import Checkpoint, layer_index, open_checkpoint, validate_pair
+from calmerge.io.checkpoint import Checkpoint, layer_index, open_checkpoint
+from calmerge.io.validate import validate_pair
 from calmerge.merge.methods import (
     REQUIRED,
     MergeMethod,

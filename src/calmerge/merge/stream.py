@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calmerge.io import export
-from calmerge.io.checkpoint import Checkpoint, check_finite
+from calmerge.io.checkpoint import Checkpoint
+from calmerge.io.validate import check_finite
 from calmerge.merge.fastpath.road import kernel_ok, run_kernels
 from calmerge.merge.methods import Group
 from calmerge.merge.plan import Job, MergePlan, tensor_seed

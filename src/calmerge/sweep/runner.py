@@ -106,7 +106,7 @@ def check_output_dir(out: Path) -> None:
 
 def scan_finite(ckpt: Any) -> None:
     """Refuse NaN/Inf weights before any work, naming the tensor (one read of each parent)."""
-    from calmerge.io.checkpoint import check_finite
+    from calmerge.io.validate import check_finite
 
     for name in ckpt.tensor_names:
         check_finite(ckpt, name, ckpt.get(name))
@@ -122,7 +122,8 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
         from calmerge.eval.data import items_digest, load_items, load_prompts, source_of
         from calmerge.eval.loading import load_tokenizer
-        from calmerge.io.checkpoint import open_checkpoint, validate_pair
+        from calmerge.io.checkpoint import open_checkpoint
+        from calmerge.io.validate import validate_pair
 
         self.cfg = cfg
         check_output_dir(Path(cfg.out))

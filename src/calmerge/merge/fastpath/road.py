@@ -18,7 +18,8 @@ from pathlib import Path
 
 from calmerge.dtypes import KERNEL_TAGS
 from calmerge.io import export
-from calmerge.io.checkpoint import nonfinite_error, pread_into
+from calmerge.io.safetensors import pread_into
+from calmerge.io.validate import nonfinite_error
 from calmerge.merge.fastpath import LinearKernel
 from calmerge.merge.plan import Job, MergePlan
 
