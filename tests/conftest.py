@@ -28,3 +28,20 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A scratch root for tests that build their own variants."""
     return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def family_pair(tmp_path_factory):
+    """`family_pair("gemma3_text")` -> (base, aligned) of a family in tests/families.py, built on
+    first use and shared by the whole session."""
+    from families import family_pair as build
+
+    root = tmp_path_factory.mktemp("families")
+    built: dict[str, tuple[Path, Path]] = {}
+
+    def get(name: str) -> tuple[Path, Path]:
+        if name not in built:
+            built[name] = build(name, root)
+        return built[name]
+
+    return get

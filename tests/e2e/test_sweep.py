@@ -181,7 +181,7 @@ def test_export_picked_point(tiny_pair, sweep_data, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model is not None
     card = (out / "README.md").read_text()
-    assert "λ=0.5" in card and "| test | acc |" in card
+    assert "λ=0.5" in card and "| test | accuracy (`acc`) |" in card
     assert "](figures/acc_vs_ece.png)" in card and (out / "figures" / "acc_vs_ece.png").is_file()
     assert (out / "figures" / "reliability.png").read_bytes().startswith(b"\x89PNG")
 

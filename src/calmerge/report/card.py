@@ -13,6 +13,7 @@ from pathlib import Path
 
 from calmerge.analysis.pareto import Point
 from calmerge.analysis.verdict import Verdict
+from calmerge.eval.metrics import METRICS, label_of
 from calmerge.report.sentences import verdict_sentences
 
 
@@ -25,7 +26,8 @@ def card_metrics(
     verdict: Verdict,
     figures: Sequence[str] = (),
 ) -> str:
-    """Markdown: how the point was picked, the verdict's sentences, every metric per split."""
+    """Markdown: how the point was picked, the verdict's sentences, every metric per split (in
+    the metric registry's order, by label and name)."""
     lines = [
         "## Measured by calmerge",
         "",
@@ -37,9 +39,10 @@ def card_metrics(
         "| split | metric | value | 95% interval |",
         "|---|---|---|---|",
     ]
+    order = {name: i for i, name in enumerate(METRICS)}
     for split, ms in sorted(point.metrics.items()):
-        for name, m in sorted(ms.items()):
+        for name, m in sorted(ms.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
             interval = "" if math.isnan(m.lo) else f"{m.lo:.4f} – {m.hi:.4f}"
-            lines.append(f"| {split} | {name} | {m.value:.4f} | {interval} |")
+            lines.append(f"| {split} | {label_of(name)} (`{name}`) | {m.value:.4f} | {interval} |")
     lines += ["", *[f"![{Path(f).stem}]({f})" for f in figures]]
     return "\n".join(lines) + "\n"
