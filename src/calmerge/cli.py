@@ -64,6 +64,17 @@ def _parse_lambda(text: str) -> float:
     return value
 
 
+def _parse_ids(text: str | None) -> tuple[int, ...] | None:
+    from calmerge.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--stop-ids '{text}': not a list of token ids", "use e.g. 2,6") from None
+
+
 @app.command("inspect")
 def inspect_cmd(
     model: Annotated[str, typer.Argument(help="Model directory or hub id.")],
@@ -202,10 +213,11 @@ def eval_cmd(
     dtype: Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16, float16.")] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="Questions per forward.")] = None,
-    samples: Annotated[int | None, typer.Option("--samples", help="Samples per prompt.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", "-k", help="Samples per prompt.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature")] = None,
     top_p: Annotated[float | None, typer.Option("--top-p")] = None,
+    stop_ids: Annotated[str | None, typer.Option("--stop-ids", help="Token ids ending a sample, e.g. '2,6' (default: the model's).")] = None,
     no_embed: Annotated[
         bool, typer.Option("--no-embed", help="Skip the embedding-diversity metric.")
     ] = False,
@@ -229,7 +241,7 @@ def eval_cmd(
         "prompt_template": template, "prompt_format": prompt_format, "dtype": dtype,
         "device": device, "batch_size": batch_size, "samples": samples,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
-        "embed_diversity": False if no_embed else None, "n_boot": n_boot, "seed": seed,
+        "stop_token_ids": _parse_ids(stop_ids), "embed_diversity": False if no_embed else None, "n_boot": n_boot, "seed": seed,
         "output": str(output) if output else None,
         "trust_remote_code": trust_remote_code or None,
     }
@@ -262,7 +274,8 @@ def sweep_cmd(
     dev: Annotated[str | None, typer.Option(help="Dev items (same forms as --data): λ is chosen here.")] = None,
     prompts: Annotated[str | None, typer.Option(help="Open-ended prompts (JSONL) for diversity.")] = None,
     grid: Annotated[str | None, typer.Option(help="λ grid: '0,0.5,1' or '0:1:0.1'.")] = None,
-    no_extrapolate: Annotated[bool, typer.Option("--no-extrapolate", help="Drop λ>1 points.")] = False,
+    extrapolate: Annotated[str | None, typer.Option(help="λ beyond the parents, e.g. '1.1,1.2' (default: 1.1,1.2 with the default grid only).")] = None,
+    no_extrapolate: Annotated[bool, typer.Option("--no-extrapolate", help="No λ>1 points.")] = False,
     no_refine: Annotated[bool, typer.Option("--no-refine", help="No adaptive refinement.")] = False,
     resolution: Annotated[float | None, typer.Option(help="Finest λ step of refinement.")] = None,
     family: Annotated[list[str] | None, typer.Option(help="Merge family (repeatable): linear, slerp, ….")] = None,
@@ -271,7 +284,11 @@ def sweep_cmd(
     prompt_format: Annotated[str | None, typer.Option(help="plain or chat.")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Samples per open-ended prompt.")] = None,
+    samples: Annotated[int | None, typer.Option("--samples", "-k", help="Samples per open-ended prompt.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="New tokens per sample at most.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
+    top_p: Annotated[float | None, typer.Option(help="Nucleus sampling mass.")] = None,
+    stop_ids: Annotated[str | None, typer.Option("--stop-ids", help="Token ids ending a sample (default: both parents' EOS ids).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for sampling and bootstrap.")] = None,
     pick: Annotated[str | None, typer.Option(help="max-acc, min-ece, knee or lambda=0.6.")] = None,
     store: Annotated[Path | None, typer.Option(help="SQLite results store.")] = None,
@@ -286,11 +303,13 @@ def sweep_cmd(
 
     overrides = {
         "base": base, "aligned": aligned, "data": data, "dev": dev, "prompts": prompts,
-        "grid": parse_grid(grid) if grid else None, "extrapolate": () if no_extrapolate else None,
+        "grid": parse_grid(grid) if grid else None, "extrapolate": () if no_extrapolate else (parse_grid(extrapolate, "--extrapolate") if extrapolate else None),
         "refine": False if no_refine else None, "resolution": resolution,
         "families": tuple(family) if family else None, "mode": mode,
         "prompt_template": prompt_template, "prompt_format": prompt_format, "dtype": dtype,
-        "device": device, "samples": samples, "seed": seed, "pick": pick,
+        "device": device, "samples": samples, "max_new_tokens": max_new_tokens,
+        "temperature": temperature, "top_p": top_p, "stop_token_ids": _parse_ids(stop_ids),
+        "seed": seed, "pick": pick,
         "store": str(store) if store else None, "out": str(out) if out else None,
         "allow_pickle": allow_pickle or None, "trust_remote_code": trust_remote_code or None,
     }

@@ -168,7 +168,10 @@ class EvalSettings(Frozen):
     samples: int = Field(8, ge=2, le=256)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(32, ge=1, le=4096)
+    max_new_tokens: int = Field(24, ge=1, le=4096)  # short answers keep a sweep point cheap
+    #: token ids that end a sample; None: the model's own generation config (`eval`), the union
+    #: of both parents' (`sweep`, resolved when it starts so every λ stops at the same ids)
+    stop_token_ids: tuple[int, ...] | None = None
     embed_diversity: bool = True
     seed: int = 0
     n_boot: int = Field(1000, ge=0, le=100000)
@@ -205,13 +208,14 @@ class SweepConfig(EvalSettings):
     data: str
     name: str | None = None
     grid: tuple[float, ...] = DEFAULT_GRID
-    extrapolate: tuple[float, ...] = DEFAULT_EXTRAPOLATION
+    #: None: the extrapolation points 1.1, 1.2 with the default grid, none with a grid the user
+    #: gave (what they typed is what is evaluated); a tuple: exactly those points.
+    extrapolate: tuple[float, ...] | None = None
     refine: bool = True
     resolution: float = Field(0.025, gt=0, le=0.5)
     max_refine_points: int = Field(6, ge=0, le=100)
     families: tuple[str, ...] = ("linear",)
     density: float = Field(0.5, gt=0, le=1)
-    max_new_tokens: int = Field(24, ge=1, le=4096)  # short answers keep a sweep point cheap
     objectives: tuple[str, ...] | None = None
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
@@ -220,7 +224,9 @@ class SweepConfig(EvalSettings):
 
     @field_validator("grid", "extrapolate")
     @classmethod
-    def _finite(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+    def _finite(cls, v: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if v is None:
+            return v
         if any(x != x or x in (float("inf"), float("-inf")) for x in v):
             raise ValueError("λ values must be finite numbers")
         return tuple(sorted({round(float(x), 6) for x in v}))
@@ -254,9 +260,16 @@ class SweepConfig(EvalSettings):
             raise ValueError("the grid must include 0 and 1: the parents every merge is compared with")
         return self
 
+    @model_validator(mode="after")
+    def _extrapolation(self) -> SweepConfig:
+        if self.extrapolate is None:  # frozen model: set the resolved default once, here
+            default = DEFAULT_EXTRAPOLATION if "grid" not in self.model_fields_set else ()
+            object.__setattr__(self, "extrapolate", default)
+        return self
+
     def lambdas(self) -> tuple[float, ...]:
         """The initial grid: grid plus the extrapolation points."""
-        return tuple(sorted(set(self.grid) | set(self.extrapolate)))
+        return tuple(sorted(set(self.grid) | set(self.extrapolate or ())))
 
     def eval_identity(self) -> dict[str, Any]:
         """The settings that change a point's numbers: every field not in IDENTITY_EXCLUDED.
@@ -295,7 +308,7 @@ IDENTITY_EXCLUDED: dict[str, str] = {
 }
 
 
-def parse_grid(text: str) -> tuple[float, ...]:
+def parse_grid(text: str, flag: str = "--grid") -> tuple[float, ...]:
     """Parse '0,0.1,0.5' or '0:1:0.1' (start:stop:step, inclusive) into λ values."""
     text = text.strip()
     try:
@@ -308,7 +321,7 @@ def parse_grid(text: str) -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise ConfigError(
-            f"--grid '{text}': not a list of numbers", "use e.g. 0,0.25,0.5 or 0:1:0.1"
+            f"{flag} '{text}': not a list of numbers", "use e.g. 0,0.25,0.5 or 0:1:0.1"
         ) from None
 
 

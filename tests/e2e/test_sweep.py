@@ -216,3 +216,47 @@ def test_report_escapes_dataset_and_model_text(tiny_pair, tmp_path):
     assert "&lt;script&gt;alert(" in html_text  # the text is shown, escaped
     assert "model says &lt;script&gt;" in html_text
     assert "Sample generations" in html_text
+
+
+def test_parent_points_sample_exactly_what_eval_of_the_parents_samples(tiny_pair, sweep_data, tmp_path):
+    """One generation config for the whole sweep: the λ=0 and λ=1 samples equal `calmerge eval`
+    of the base and of the aligned model with the same settings (the sweep's stop ids)."""
+    from calmerge.config import EvalConfig
+    from calmerge.results.points import point_record
+
+    base, aligned = tiny_pair
+    test, _, prompts = sweep_data
+    gen = dict(samples=3, max_new_tokens=7, temperature=0.9, top_p=0.95, seed=5)
+    cfg = _cfg(tiny_pair, sweep_data, tmp_path, grid=(0.0, 1.0), prompts=str(prompts),
+               embed_diversity=False, **gen)
+    api.sweep(cfg, progress=False)
+    db = ResultStore(cfg.store)
+    run = db.run(None)
+    stops = tuple(run.config["stop_token_ids"])
+    assert stops  # resolved from the parents' generation configs, stored with the run
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert f"stop at token ids {', '.join(map(str, stops))}" in report
+    for lam, model in ((0.0, base), (1.0, aligned)):
+        ev = api.evaluate(EvalConfig(model=str(model), data=str(test), prompts=str(prompts),
+                                     device="cpu", n_boot=0, embed_diversity=False,
+                                     stop_token_ids=stops, **gen)).evaluation
+        stored = db.generations(point_record(db, run.id, "linear", lam).id)
+        assert stored == ev.samples, lam
+        assert db.metrics(point_record(db, run.id, "linear", lam).id)["gen"]["distinct_2"][0] == (
+            ev.diversity["distinct_2"]
+        )
+
+
+def test_an_explicit_grid_is_what_is_evaluated():
+    from calmerge.config import DEFAULT_EXTRAPOLATION, load_sweep_config
+
+    need = {"base": "b", "aligned": "a", "data": "d.jsonl"}
+    default = load_sweep_config(None, need)
+    assert set(DEFAULT_EXTRAPOLATION) <= set(default.lambdas())  # the default grid extrapolates
+    typed = load_sweep_config(None, {**need, "grid": (0.0, 0.5, 1.0)})
+    assert typed.lambdas() == (0.0, 0.5, 1.0)
+    asked = load_sweep_config(None, {**need, "grid": (0.0, 1.0), "extrapolate": (1.5,)})
+    assert asked.lambdas() == (0.0, 1.0, 1.5)
+    # stored and reloaded, the resolved choice is kept
+    again = SweepConfig.model_validate(typed.model_dump(mode="json"))
+    assert again.lambdas() == typed.lambdas()

@@ -9,10 +9,12 @@ from calmerge.errors import ConfigError
 
 BASE = {"base": "b", "aligned": "a", "data": "d.jsonl"}
 
-#: the identity of a run as calmerge 0.1 listed it by hand; derived now, it must stay the same
-#: set (so existing stores resume) until a field is added — then this test makes its author
-#: decide: part of the identity (add it here) or excluded with a reason (IDENTITY_EXCLUDED).
+#: the identity of a run: the 14 settings calmerge 0.1 listed by hand, plus the sweep's
+#: generation stop ids (they change what every sample is). Derived from the fields now, it
+#: changes only when a field is added — then this test makes its author decide: part of the
+#: identity (add it here) or excluded with a reason (IDENTITY_EXCLUDED).
 IDENTITY = {
+    "stop_token_ids",
     "mode", "prompt_template", "prompt_format", "fewshot", "dtype", "samples", "temperature",
     "top_p", "max_new_tokens", "embed_diversity", "seed", "n_boot", "n_bins", "density",
 }
@@ -69,3 +71,12 @@ def test_merge_method_is_checked_when_the_config_is_built():
         validate(MergeConfig, {"method": "lineer", "models": ["m"]}, "merge.yml")
     assert "unknown merge method 'lineer'" in str(err.value)
     assert err.value.hint == "did you mean 'linear'?"
+
+
+def test_eval_and_sweep_sample_with_the_same_defaults():
+    """λ=0 of a sweep must equal `calmerge eval` of the base with default flags: one default
+    per generation setting, shared (sweep's max_new_tokens used to be 24 against eval's 32)."""
+    from calmerge.config import EvalConfig
+
+    for name in ("samples", "temperature", "top_p", "max_new_tokens", "stop_token_ids", "seed"):
+        assert EvalConfig.model_fields[name].default == SweepConfig.model_fields[name].default, name

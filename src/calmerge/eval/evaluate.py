@@ -54,8 +54,7 @@ def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
         generated = sample_generations(
             model, tokenizer, prompts, k=cfg.samples, temperature=cfg.temperature,
             top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-            chat=cfg.prompt_format == "chat", batch_size=max(1, cfg.batch_size // 2),
-            progress=progress,
+            chat=cfg.prompt_format == "chat", stop_ids=cfg.stop_token_ids, progress=progress,
         )
         diversity = diversity_metrics(generated, embed=cfg.embed_diversity)
         samples = {p.id: s for p, s in zip(prompts, generated, strict=True)}

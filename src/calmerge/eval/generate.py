@@ -9,11 +9,35 @@ seed do not depend on what ran before.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from calmerge.errors import DataError
 from calmerge.eval.data import OpenPrompt
+
+#: prompts per `generate` call, for `eval` and `sweep` alike: each batch is seeded by its index,
+#: so the same prompts, seed and batching give the same samples in both (λ=0 of a sweep equals
+#: `calmerge eval` of the base). Fewer, wider calls are also much faster.
+PROMPTS_PER_CALL = 64
+
+
+def stop_token_ids(model_dir: str | Path, config: dict[str, Any]) -> tuple[int, ...]:
+    """The ids that end a sample for a checkpoint, as `generate` would use them: its
+    generation_config.json's `eos_token_id`, else config.json's (or its text_config's)."""
+    path = Path(model_dir) / "generation_config.json"
+    eos: Any = None
+    if path.is_file():
+        try:
+            eos = json.loads(path.read_text()).get("eos_token_id")
+        except (OSError, json.JSONDecodeError):
+            eos = None
+    if eos is None:
+        eos = config.get("eos_token_id", (config.get("text_config") or {}).get("eos_token_id"))
+    if eos is None:
+        return ()
+    return tuple(int(x) for x in (eos if isinstance(eos, list | tuple) else [eos]))
 
 
 def build_generation_prompts(
@@ -51,12 +75,14 @@ def sample_generations(
     max_new_tokens: int = 32,
     seed: int = 0,
     chat: bool = False,
-    batch_size: int = 8,
+    batch_size: int = PROMPTS_PER_CALL,
+    stop_ids: Sequence[int] | None = None,
     progress: bool = False,
 ) -> list[list[str]]:
     """K sampled completions (decoded, special tokens removed) per prompt, in prompt order.
 
-    `batch_size` counts prompts per `generate` call (each expanded to K sequences).
+    `batch_size` counts prompts per `generate` call (each expanded to K sequences); `stop_ids`
+    end a sample (None: the model's generation config decides).
     """
     import torch
 
@@ -95,6 +121,7 @@ def sample_generations(
                 max_new_tokens=max_new_tokens,
                 num_return_sequences=k,
                 pad_token_id=pad,
+                **({"eos_token_id": list(stop_ids)} if stop_ids else {}),
             )
             texts = tokenizer.batch_decode(out[:, width:], skip_special_tokens=True)
             results += [texts[i * k : (i + 1) * k] for i in range(len(chunk))]

@@ -104,6 +104,14 @@ def check_output_dir(out: Path) -> None:
         raise OutputError(f"{out}: not writable", "choose a directory you can write to (--out)")
 
 
+def shared_stop_ids(base: Any, aligned: Any) -> tuple[int, ...]:
+    """The union of both parents' end-of-sequence ids, the aligned model's first."""
+    from calmerge.eval.generate import stop_token_ids
+
+    ids = stop_token_ids(aligned.path, aligned.config) + stop_token_ids(base.path, base.config)
+    return tuple(dict.fromkeys(ids))
+
+
 def scan_finite(ckpt: Any) -> None:
     """Refuse NaN/Inf weights before any work, naming the tensor (one read of each parent)."""
     from calmerge.io.validate import check_finite
@@ -136,6 +144,10 @@ class Sweep:
         self.pair = validate_pair(self.base, self.aligned)
         for ckpt in (self.base, self.aligned):
             scan_finite(ckpt)
+        if cfg.prompts and cfg.stop_token_ids is None:
+            # one generation config for every λ: stop at either parent's end-of-sequence ids
+            cfg = cfg.model_copy(update={"stop_token_ids": shared_stop_ids(self.base, self.aligned)})
+            self.cfg = cfg
         paths = {"test": cfg.data, **({"dev": cfg.dev} if cfg.dev else {})}
         self.items = {split: load_items(path) for split, path in paths.items()}
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
@@ -244,7 +256,7 @@ class Sweep:
                 max_new_tokens=cfg.max_new_tokens,
                 seed=cfg.seed,
                 chat=cfg.prompt_format == "chat",
-                batch_size=64,  # prompts per generate call: fewer, wider calls are much faster
+                stop_ids=cfg.stop_token_ids,
             )
             div = diversity_metrics(samples, embed=cfg.embed_diversity)
             metrics[GENERATION_SPLIT] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
