@@ -43,13 +43,15 @@ def stop_token_ids(model_dir: str | Path, config: dict[str, Any]) -> tuple[int, 
 def build_generation_prompts(
     tokenizer: Any, prompts: Sequence[OpenPrompt | str], *, chat: bool = False
 ) -> list[list[int]]:
-    """Token ids per prompt: plain text with default special tokens, or the chat template
-    with the generation prompt added."""
+    """Token ids per prompt: plain text, or the chat template with the generation prompt
+    added; special tokens by the scorer's (lm-eval's) rule, so there is exactly one BOS."""
+    from calmerge.eval.prompts import special_tokens_kwargs
+
     texts = [p.prompt if isinstance(p, OpenPrompt) else str(p) for p in prompts]
     if not texts:
         raise DataError("no prompts to sample from", "the prompts file is empty")
     if not chat:
-        return [list(tokenizer.encode(t)) for t in texts]
+        return [list(tokenizer.encode(t, **special_tokens_kwargs(tokenizer, t))) for t in texts]
     if not getattr(tokenizer, "chat_template", None):
         raise DataError(
             "--prompt-format chat: the tokenizer has no chat template",
@@ -60,7 +62,7 @@ def build_generation_prompts(
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
         )
-        out.append(list(tokenizer.encode(text, add_special_tokens=False)))
+        out.append(list(tokenizer.encode(text, **special_tokens_kwargs(tokenizer, text))))
     return out
 
 

@@ -109,13 +109,12 @@ class PromptBuilder:
 
         Trailing whitespace of the context moves into the continuation, the whole string is
         tokenised and split at the context's length, so merges across the boundary (" A" vs "A")
-        follow the tokenizer exactly as it would see the full text. Chat prompts already carry
-        their special tokens, so they are tokenised without adding more.
+        follow the tokenizer exactly as it would see the full text. Special tokens follow
+        `special_tokens_kwargs` (lm-eval's rule, plain and chat alike).
         """
         context = self.context(item)
         conts = [self.delimiter(item) + t for t in targets(item, self.mode)]
-        chat = self.prompt_format == "chat"
-        ctx_ids, cont_ids = encode_pairs(self.tokenizer, context, conts, chat=chat)
+        ctx_ids, cont_ids = encode_pairs(self.tokenizer, context, conts)
         if self.mode == "letter":
             return self._letter_tokens(item, context, ctx_ids, cont_ids)
         return ctx_ids, cont_ids
@@ -133,26 +132,40 @@ class PromptBuilder:
         """
         if all(len(c) == 1 for c in cont_ids) and len({c[0] for c in cont_ids}) == len(cont_ids):
             return ctx_ids, cont_ids
-        kwargs = {"add_special_tokens": False}
-        letters = [self.tokenizer.encode(t, **kwargs) for t in targets(item, "letter")]
+        letters = [
+            self.tokenizer.encode(t, add_special_tokens=False) for t in targets(item, "letter")
+        ]
         if all(len(x) == 1 for x in letters) and len({x[0] for x in letters}) == len(letters):
-            base = {} if self.prompt_format == "plain" else kwargs
-            return list(self.tokenizer.encode(context + self.delimiter(item), **base)), letters
+            text = context + self.delimiter(item)
+            kwargs = special_tokens_kwargs(self.tokenizer, text)
+            return list(self.tokenizer.encode(text, **kwargs)), letters
         raise DataError(
             f"item '{item.id}': the option letters do not tokenise to distinct single tokens",
             "use --mode loglik for this tokenizer",
         )
 
 
+def special_tokens_kwargs(tokenizer: Any, text: str) -> dict[str, bool]:
+    """lm-eval 0.4's rule for special tokens (`HFLM.tok_encode` with its default
+    `add_bos_token=None`): the tokenizer adds its own (a BOS, for Llama/Gemma/Phi-3 tokenizers)
+    unless the text already starts with the BOS string (a chat template with
+    `{{ bos_token }}`), so there is exactly one BOS either way. The same for plain and chat
+    prompts: a chat template *without* `{{ bos_token }}` (Phi-3) still gets the tokenizer's BOS.
+    """
+    bos_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    bos = tokenizer.decode(bos_id) if bos_id is not None else ""
+    return {"add_special_tokens": False} if bos and text.startswith(bos) else {}
+
+
 def encode_pairs(
-    tokenizer: Any, context: str, continuations: Sequence[str], *, chat: bool = False
+    tokenizer: Any, context: str, continuations: Sequence[str]
 ) -> tuple[list[int], list[list[int]]]:
     """Context ids and per-continuation ids, split the way lm-eval 0.4 splits them."""
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuations = [context[-n_spaces:] + c for c in continuations]
         context = context[:-n_spaces]
-    kwargs = {"add_special_tokens": False} if chat else {}
+    kwargs = special_tokens_kwargs(tokenizer, context)
     ctx_ids = list(tokenizer.encode(context, **kwargs))
     if not ctx_ids:
         raise DataError("empty prompt after tokenisation", "use a template with some text")
