@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 def inspect_model(
     ref: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False
 ) -> dict[str, Any]:
-    """Architecture, parameter count, dtypes, vocabulary, chat template of a model."""
+    """Architecture, parameter count, dtypes, vocabulary, chat template of a model.
+
+    Sizes are the text model's: a multimodal config (Gemma-3 4B–27B) keeps them in `text_config`.
+    """
     from calmerge.io.checkpoint import open_checkpoint
 
     ckpt = open_checkpoint(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -47,10 +50,10 @@ def inspect_model(
         "parameters": ckpt.num_params,
         "tensors": len(ckpt.tensor_names),
         "dtypes": {str(d).removeprefix("torch."): n for d, n in ckpt.dtypes.items()},
-        "vocab_size": ckpt.config.get("vocab_size"),
+        "vocab_size": ckpt.text_setting("vocab_size"),
         "embedding_rows": ckpt.shape(embed)[0] if embed else None,
         "layers": ckpt.num_layers,
-        "hidden_size": ckpt.config.get("hidden_size"),
+        "hidden_size": ckpt.text_setting("hidden_size"),
         "tied_embeddings": ckpt.tied_embeddings,
         "chat_template": ckpt.has_chat_template,
         "shards": len(ckpt.shard_files) or None,
@@ -311,6 +314,7 @@ def report(
         "test data": cfg.data,
         "dev data": cfg.dev or "none (pick chosen on test)",
         "scoring": f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}",
+        **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
         "store": str(Path(store)),
     }
     paths = write_report(
@@ -323,6 +327,16 @@ def report(
         examples=example_tables(a),
     )
     return WrittenReport(paths, a.verdict, verdict_sentences(a.verdict))
+
+
+def generation_settings(cfg: EvalConfig | SweepConfig) -> str:
+    """One line saying how every point's samples were drawn (the same for every λ)."""
+    stops = ", ".join(map(str, cfg.stop_token_ids)) if cfg.stop_token_ids else "the model's EOS"
+    return (
+        f"{cfg.samples} samples per prompt · temperature {cfg.temperature:g} · top-p"
+        f" {cfg.top_p:g} · at most {cfg.max_new_tokens} new tokens · stop at token ids {stops}"
+        f" · seed {cfg.seed}"
+    )
 
 
 def example_tables(a: Analysis, *, limit: int = 6) -> list[Table]:

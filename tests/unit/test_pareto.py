@@ -315,3 +315,9 @@ def test_verdict_temperature_sentence_and_missing_items():
     bare = [Point(p.family, p.lam, p.metrics, p.reliability, None) for p in pts]
     vb = verdict(bare, n_boot=200)
     assert not vb.is_superior and "no per-item results" in verdict_sentences(vb)[0]
+
+
+def test_paired_gain_without_resamples_has_no_interval_and_is_never_superior():
+    pick_c, base_c, aligned_c = np.array([1, 1, 1, 0]), np.array([1, 0, 0, 0]), np.array([0, 1, 0, 0])
+    g = paired_gain_interval(pick_c, base_c, aligned_c, n_boot=0)
+    assert g.value == pytest.approx(0.5) and math.isnan(g.lo) and math.isnan(g.hi)

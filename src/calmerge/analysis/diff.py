@@ -14,7 +14,8 @@ from pathlib import Path
 
 from calmerge.errors import CheckpointError
 from calmerge.io.atomic import atomic_write_bytes
-from calmerge.io.checkpoint import Checkpoint, layer_index
+from calmerge.io.checkpoint import Checkpoint
+from calmerge.io.layers import LayerMap
 from calmerge.io.validate import validate_pair
 
 
@@ -32,16 +33,29 @@ class LayerDelta:
         return self.delta_norm / self.base_norm if self.base_norm else float("inf")
 
 
-def _group_of(name: str) -> str:
-    layer = layer_index(name)
-    if layer is not None:
-        return f"layer {layer}"
-    return "embeddings" if "embed" in name else "head/norm"
+def _group_of(name: str, layers: LayerMap) -> str:
+    """The block a tensor is charted under: its tower's label and its block number within that
+    tower ('layer 3', 'vision layer 1'), numbered as merges number gradients (`io.layers`)."""
+    return layers.group(name)
+
+
+def _order(group: str) -> tuple[int, int, str, int]:
+    """Embeddings, then each tower's blocks (vision first, the language model last), then the
+    rest (projector, norms, heads)."""
+    words = group.rsplit(" layer ", 1) if " layer " in group else None
+    if group.startswith("layer "):
+        return (1, 1, "", int(group.split()[1]))
+    if words is not None and words[1].isdigit():
+        return (1, 0, words[0], int(words[1]))
+    if group.endswith("embeddings"):
+        return (0, 0, group, 0)
+    return (2, 0, group, 0)
 
 
 def layer_deltas(base: Checkpoint, aligned: Checkpoint) -> list[LayerDelta]:
     """Per-layer relative change, streamed (vocab-extended rows compare the shared rows only)."""
     validate_pair(base, aligned)
+    layers = aligned.layer_map
     sums: dict[str, list[float]] = {}
     for name in aligned.tensor_names:
         if not aligned.dtype(name).is_floating_point:
@@ -49,21 +63,13 @@ def layer_deltas(base: Checkpoint, aligned: Checkpoint) -> list[LayerDelta]:
         a = aligned.get(name).double()
         b = base.get(name).double()
         a = a[: b.shape[0]] if a.shape != b.shape else a
-        acc = sums.setdefault(_group_of(name), [0, 0.0, 0.0])
+        acc = sums.setdefault(_group_of(name, layers), [0, 0.0, 0.0])
         acc[0] += b.numel()
         acc[1] += float((a - b).pow(2).sum())
         acc[2] += float(b.pow(2).sum())
-
-    def order(g: str) -> tuple[int, int]:
-        if g == "embeddings":
-            return (0, 0)
-        if g.startswith("layer "):
-            return (1, int(g.split()[1]))
-        return (2, 0)
-
     return [
         LayerDelta(g, int(v[0]), v[1] ** 0.5, v[2] ** 0.5)
-        for g, v in sorted(sums.items(), key=lambda kv: order(kv[0]))
+        for g, v in sorted(sums.items(), key=lambda kv: _order(kv[0]))
     ]
 
 

@@ -55,6 +55,8 @@ def paired_gain_interval(
         nan = float("nan")
         return Metric(nan, nan, nan)
     value = arrs[0].mean() - max(arrs[1].mean(), arrs[2].mean())
+    if n_boot <= 0:  # no resamples asked for (--n-boot 0): a gain without an interval
+        return Metric(float(value), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
     stacked = np.stack(arrs)  # (3, n)
     gains = np.empty(n_boot)

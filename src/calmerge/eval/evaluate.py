@@ -15,7 +15,7 @@ from calmerge.eval.calibration import reliability_bins
 from calmerge.eval.data import load_items, load_prompts, native_template
 from calmerge.eval.loading import load_model
 from calmerge.eval.metrics import Metric, compute_metrics, diversity_metrics
-from calmerge.eval.score import Scorer, ScoreResult
+from calmerge.eval.score import Scorer, ScoreResult, context_limit
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
         tokenizer, items, mode=cfg.mode, template=cfg.prompt_template or native_template(cfg.data),
         prompt_format=cfg.prompt_format, fewshot=fewshot, batch_size=cfg.batch_size,
     )
-    scorer.check_context(getattr(model.config, "max_position_embeddings", None))
+    scorer.check_context(context_limit(model))
     start = time.perf_counter()
     result = scorer.score(model, progress=progress)
     metrics = compute_metrics(result, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins)

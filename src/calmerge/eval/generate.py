@@ -88,10 +88,10 @@ def sample_generations(
     """
     import torch
 
-    from calmerge.eval.score import _maybe_progress
+    from calmerge.eval.score import _maybe_progress, context_limit
 
     encoded = build_generation_prompts(tokenizer, prompts, chat=chat)
-    limit = getattr(model.config, "max_position_embeddings", None)
+    limit = context_limit(model)
     for p, ids in zip(prompts, encoded, strict=True):
         if limit and len(ids) + max_new_tokens > limit:
             name = p.id if isinstance(p, OpenPrompt) else repr(str(p)[:30])

@@ -8,6 +8,22 @@ That is exactly the computation of running the context once and each choice from
 in a single batched forward and with no cache copies: the tokens processed equal the
 "unique-token floor" (each context once plus the choice tokens).
 
+Local attention (sliding windows: Gemma-2/3, Mistral, Phi-3, Qwen2 with `use_sliding_window`):
+the 4-D mask handed to the model replaces the model's own for every layer, so the block mask alone
+would let a sliding layer see further back than it does in the plain sequence. In the plain
+sequence context+choice a token's index equals its position, and the packed positions restart so
+that every token keeps the position it has there; a sliding layer's window (transformers'
+`sliding_window_overlay`: key visible iff key_pos > query_pos − window) is therefore applied to the
+packed position ids, intersected with the block mask. Which layers slide is read from the config
+(`AttentionPlan`): no `layer_types` means every layer slides (Mistral, Phi-3), mixed
+`layer_types` get one mask per layer type as the dict transformers' models accept
+(`{"full_attention": …, "sliding_attention": …}`). A batch whose prompts all fit inside the window
+gets the plain block mask (bit-identical to a model without a window). Where the packed form
+cannot be reproduced (a model that refuses the per-type dict, layer types other than full or
+sliding attention, chunked attention) the scorer falls back to one plain sequence per choice,
+batched, and lets the model build its own masks — lm-eval's computation, at the cost of the
+context being computed once per choice.
+
 Prompts and token ids are built once in `Scorer.__init__`; `Scorer.score(model)` only runs
 forwards, so a sweep that rewrites the weights in place re-scores the same data cheaply.
 
@@ -63,15 +79,31 @@ class PackedBatch:
     owner: Any  # (N,) flat index question*C + choice that the target belongs to
     _masks: dict[Any, Any] = field(default_factory=dict)
 
-    def additive_mask(self, dtype: Any) -> Any:
-        """The float mask the attention adds (0 / dtype-min); cached per dtype."""
+    @property
+    def positions(self) -> int:
+        """The largest position id in the batch, +1 (what a sliding window is compared with)."""
+        return int(self.position_ids.max()) + 1
+
+    def additive_mask(self, dtype: Any, window: int | None = None) -> Any:
+        """The float mask the attention adds (0 / dtype-min); cached per (dtype, window).
+
+        With `window`, the block mask is intersected with a sliding window counted in position
+        ids: a query at position p sees a key at position k only if k > p − window — exactly the
+        keys it sees in the unpacked sequence context+choice, whose indices are these positions.
+        """
         import torch
 
-        if dtype not in self._masks:
-            mask = torch.zeros(self.allowed.shape, dtype=dtype)
-            mask.masked_fill_(~self.allowed, torch.finfo(dtype).min)
-            self._masks[dtype] = mask
-        return self._masks[dtype]
+        key = (dtype, window)
+        if key not in self._masks:
+            allowed = self.allowed
+            if window is not None:
+                pos = self.position_ids
+                inside = pos[:, None, :] > pos[:, :, None] - window  # (B, T, T): key > query − w
+                allowed = allowed & inside[:, None]
+            mask = torch.zeros(allowed.shape, dtype=dtype)
+            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+            self._masks[key] = mask
+        return self._masks[key]
 
 
 def pack_batch(
@@ -125,6 +157,93 @@ def pack_batch(
         target=torch.tensor(tgt),
         owner=torch.tensor(owner),
     )
+
+
+def unpack_batch(
+    encoded: Sequence[Encoded], first_question: int, n_choices_max: int, pad_id: int
+) -> PackedBatch:
+    """The same targets as `pack_batch`, one right-padded plain sequence per choice.
+
+    Row = context + choice without its last token, positions 0…n−1, no mask of ours: the model
+    builds its own causal (and sliding/chunked) masks, as for lm-eval's `hf` model, and the right
+    padding is never seen by a real token. `allowed` is None: nothing to pass as a mask.
+    """
+    import torch
+
+    seqs, rows, cols, tgt, owner = [], [], [], [], []
+    for r, enc in enumerate(encoded):
+        lc = len(enc.context)
+        for j, cont in enumerate(enc.continuations):
+            row = len(seqs)
+            seqs.append([*enc.context, *cont[:-1]])
+            rows += [row] * len(cont)
+            cols += range(lc - 1, lc - 1 + len(cont))
+            tgt += list(cont)
+            owner += [(first_question + r) * n_choices_max + j] * len(cont)
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for i, x in enumerate(seqs):
+        ids[i, : len(x)] = torch.tensor(x)
+    return PackedBatch(
+        input_ids=ids,
+        position_ids=torch.arange(width).expand(len(seqs), width),
+        allowed=None,
+        rows=torch.tensor(rows),
+        cols=torch.tensor(cols),
+        target=torch.tensor(tgt),
+        owner=torch.tensor(owner),
+    )
+
+
+#: layer types whose masks the packed form reproduces (transformers' `config.layer_types` names)
+FULL, SLIDING = "full_attention", "sliding_attention"
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What a model's attention needs for packed scoring, read from its (decoder's) config.
+
+    `window` None: every layer is global, the block mask is the whole story. Otherwise
+    `layer_types` names the distinct layer types: (SLIDING,) when every layer slides (one mask),
+    (FULL, SLIDING) when mixed (one mask per type, as a dict). `pack` False: the packed form is
+    not reproducible for this architecture at all and every batch is scored unpacked; `why` says
+    why, for the docs and the tests.
+    """
+
+    window: int | None = None
+    layer_types: tuple[str, ...] = (FULL,)
+    pack: bool = True
+    why: str = ""
+
+
+def attention_plan(config: Any) -> AttentionPlan:
+    """Local attention as transformers 5 builds it from a config, without naming models.
+
+    `sliding_window` is the window; `use_sliding_window=False` (Qwen2 family) switches it off;
+    `layer_types` says which layers use it, and its absence means all of them (Mistral, Phi-3,
+    Starcoder2 apply `create_sliding_window_causal_mask` to every layer). Layer types other than
+    full/sliding attention (chunked, linear/recurrent, …) and `attention_chunk_size` are not
+    reproduced by a packed mask: unpacked.
+    """
+    types = getattr(config, "layer_types", None)
+    kinds = tuple(dict.fromkeys(types)) if types else None
+    if kinds is not None and not set(kinds) <= {FULL, SLIDING}:
+        other = sorted(set(kinds) - {FULL, SLIDING})
+        return AttentionPlan(pack=False, why=f"layer types {', '.join(other)}")
+    if getattr(config, "attention_chunk_size", None):
+        return AttentionPlan(pack=False, why="chunked attention")
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "use_sliding_window", True) is False:
+        window = None
+    if kinds is not None and SLIDING not in kinds:
+        return AttentionPlan()
+    if not window:
+        if kinds is not None:  # sliding layers but no window: not a config we can read
+            return AttentionPlan(pack=False, why="sliding layers without a sliding_window")
+        return AttentionPlan()
+    if kinds is None or kinds == (SLIDING,):
+        return AttentionPlan(window=int(window), layer_types=(SLIDING,))
+    return AttentionPlan(window=int(window), layer_types=(FULL, SLIDING))
 
 
 @dataclass(frozen=True)
@@ -204,6 +323,16 @@ def finalize(
     )
 
 
+def context_limit(model: Any) -> int | None:
+    """The longest sequence a model takes: its (text) config's max_position_embeddings.
+
+    Multimodal configs (Gemma-3 4B–27B) keep it in `text_config`, so the text config is read.
+    """
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return getattr(text, "max_position_embeddings", None)
+
+
 class Scorer:
     """Builds prompts and packed token batches once; `score(model)` re-runs only the forwards.
 
@@ -245,6 +374,7 @@ class Scorer:
             self.norm_lengths[i, : len(it.choices)] = [float(len(t)) for t in targets(it, mode)]
         self.answer = np.array([it.answer for it in self.items])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._pad = pad
         order = sorted(range(n), key=lambda i: -self.encoded[i].packed_len)
         self.order = order
         self.batches = [
@@ -254,6 +384,10 @@ class Scorer:
             )
             for s in range(0, n, self.batch_size)
         ]
+        self._unpacked: dict[int, PackedBatch] = {}  # batch index -> its unpacked form, lazily
+        self._dict_refused: set[type] = set()  # decoder classes that refused per-type masks
+        #: per batch of the last `score`: "packed", "windowed" or "unpacked" (for tests/reports)
+        self.last_paths: list[str] = []
 
     def _encode(self, item: Item) -> Encoded:
         ctx, conts = self.builder.encode(item)
@@ -280,12 +414,16 @@ class Scorer:
         """Run the packed forwards on `model` (any HF causal LM) and return per-item scores."""
         import torch
 
-        self.check_context(getattr(model.config, "max_position_embeddings", None))
+        self.check_context(context_limit(model))
+        decoder = model.get_decoder()
+        plan = attention_plan(decoder.config)
+        dtype = next(model.parameters()).dtype
         n = len(self.items)
         sums = torch.zeros(n * self.n_choices, dtype=torch.float64)
+        self.last_paths = []
         with torch.inference_mode(), _maybe_progress(progress, len(self.batches)) as advance:
-            for batch in self.batches:
-                lp = _target_logprobs(model, batch)
+            for b, batch in enumerate(self.batches):
+                lp = self._batch_logprobs(model, decoder, plan, dtype, b, batch)
                 sums.index_add_(0, batch.owner, lp.double().cpu())
                 advance()
         sorted_ll = sums.view(n, self.n_choices).numpy()
@@ -294,20 +432,61 @@ class Scorer:
         ids = [it.id for it in self.items]
         return finalize(ids, ll, self.mask, self.answer, self.norm_lengths, self.mode)
 
+    def _batch_logprobs(
+        self, model: Any, decoder: Any, plan: AttentionPlan, dtype: Any, b: int,
+        batch: PackedBatch,
+    ) -> Any:
+        """One batch by the cheapest form that reproduces the plain sequence (see module doc)."""
+        if plan.pack and (plan.window is None or batch.positions <= plan.window):
+            # every query position < window: the window hides nothing, today's exact mask
+            self.last_paths.append("packed")
+            return _target_logprobs(model, batch, batch.additive_mask(dtype))
+        if plan.pack and type(decoder) not in self._dict_refused:
+            local = batch.additive_mask(dtype, plan.window)
+            if plan.layer_types == (SLIDING,):
+                self.last_paths.append("windowed")
+                return _target_logprobs(model, batch, local)
+            masks = {FULL: batch.additive_mask(dtype), SLIDING: local}
+            try:
+                lp = _target_logprobs(model, batch, masks)
+            except (AttributeError, TypeError, KeyError):
+                # a model that reads one mask for all layers fails on the dict (it has no
+                # shape); it cannot be given per-layer masks, so it builds its own, unpacked
+                self._dict_refused.add(type(decoder))
+            else:
+                self.last_paths.append("windowed")
+                return lp
+        if b not in self._unpacked:
+            s = b * self.batch_size
+            group = [self.encoded[i] for i in self.order[s : s + self.batch_size]]
+            self._unpacked[b] = unpack_batch(group, s, self.n_choices, self._pad)
+        self.last_paths.append("unpacked")
+        return _target_logprobs(model, self._unpacked[b], None)
 
-def _target_logprobs(model: Any, batch: PackedBatch) -> Any:
-    """float32 log p(target) for every target of a packed batch (one forward)."""
+
+def _target_logprobs(model: Any, batch: PackedBatch, mask: Any) -> Any:
+    """float32 log p(target) for every target of a batch (one forward).
+
+    `mask`: the 4-D additive mask for all layers, a dict of them per layer type, or None for an
+    unpacked batch (plain positions; the model builds its own masks).
+    """
     import torch
 
     device = model.device
-    dtype = next(model.parameters()).dtype
     decoder = model.get_decoder()
-    out = decoder(
-        input_ids=batch.input_ids.to(device),
-        position_ids=batch.position_ids.to(device),
-        attention_mask=batch.additive_mask(dtype).to(device),
-        use_cache=False,
-    )
+    if mask is None:
+        out = decoder(input_ids=batch.input_ids.to(device), use_cache=False)
+    else:
+        if isinstance(mask, dict):
+            mask = {k: v.to(device) for k, v in mask.items()}
+        else:
+            mask = mask.to(device)
+        out = decoder(
+            input_ids=batch.input_ids.to(device),
+            position_ids=batch.position_ids.to(device),
+            attention_mask=mask,
+            use_cache=False,
+        )
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
     picked = hidden[batch.rows.to(device), batch.cols.to(device)]
     logits = model.get_output_embeddings()(picked).float()

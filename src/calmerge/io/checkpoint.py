@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calmerge.dtypes import FLOAT_TAGS, dtype_tag, torch_dtype
 from calmerge.errors import CheckpointError
+from calmerge.io.layers import LayerMap, layer_slot
 from calmerge.io.safetensors import TensorInfo, read_safetensors_header, read_tensor
 
 if TYPE_CHECKING:  # torch is imported on first tensor access: planning a merge never needs it
@@ -27,13 +27,13 @@ SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
-
 
 def layer_index(name: str) -> int | None:
-    """The transformer block a tensor belongs to (`model.layers.3.…` → 3), else None."""
-    match = _LAYER_RE.search(name)
-    return int(match.group(1)) if match else None
+    """The block a tensor belongs to within its tower (`model.layers.3.…`, `transformer.h.3.…`
+    → 3), else None: the naming rule of `io.layers`, without a checkpoint's exceptions (use
+    `Checkpoint.layer_map` for those and for the tower's block count)."""
+    slot = layer_slot(name)
+    return slot.index if slot else None
 
 
 def _sample_bytes(path: Path, size: int, blocks: int = 16, block: int = 4096) -> bytes:
@@ -173,13 +173,34 @@ class Checkpoint:
     def num_params(self) -> int:
         return sum(self.tag_counts.values())
 
+    @cached_property
+    def layer_map(self) -> LayerMap:
+        """Each tensor's tower, block and gradient position, numbered as mergekit numbers them."""
+        return LayerMap.build(self.tensor_names, self.config)
+
     @property
     def num_layers(self) -> int:
+        """Blocks of the language model (GPT-2's `h.N`, a multimodal model's text tower)."""
+        main = self.layer_map.main_tower
+        if main is not None:
+            return self.layer_map.num_layers(main)
         n = self.config.get("num_hidden_layers")
-        if isinstance(n, int) and n > 0:
-            return n
-        found = {layer_index(t) for t in self.tensor_names} - {None}
-        return max(found) + 1 if found else 0
+        return n if isinstance(n, int) and n > 0 else 0
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        """The language model's config: a multimodal config's `text_config`, else the config.
+
+        Gemma-3 4B–27B, LLaVA and the other `…ForConditionalGeneration` layouts keep the text
+        model's sizes (vocab, hidden, positions) there, not at the top level.
+        """
+        sub = self.config.get("text_config")
+        return sub if isinstance(sub, dict) else self.config
+
+    def text_setting(self, key: str) -> Any:
+        """A text-model setting: the top-level value, else the `text_config` one, else None."""
+        value = self.config.get(key)
+        return value if value is not None else self.text_config.get(key)
 
     @property
     def model_type(self) -> str | None:

@@ -415,7 +415,8 @@ def resolve_setting(setting: Any, tensor_name: str, t: float, key: str = "") -> 
 
     Mirrors mergekit's evaluate_setting: a list of numbers is piecewise-linear over t in [0,1];
     a list of {filter, value} picks the first whose filter is absent, '*', or a substring of the
-    tensor name. Returns None when no filter matches (the next, lower-precedence source wins).
+    full tensor name (prefix included: `self_attn` also matches a vision tower's attention, as
+    in mergekit, which filters on the prefixed name of each input's tensor). Returns None when no filter matches (the next, lower-precedence source wins).
     """
     if isinstance(setting, dict):
         setting = [setting]
@@ -443,7 +444,11 @@ def resolve_setting(setting: Any, tensor_name: str, t: float, key: str = "") -> 
 
 
 def layer_position(layer: int | None, num_layers: int) -> float:
-    """Gradient position t of a tensor: layer/(L−1) inside blocks, 0 outside (mergekit)."""
+    """Gradient position t: block/(L−1) inside a tower of L blocks (1 when L = 1), 0 outside.
+
+    mergekit's plan_slice. `layer` and `num_layers` are per tower (GPT-2's `h.N`, a vision
+    tower over its own count): `io.layers.LayerMap.position` finds them from a checkpoint.
+    """
     if layer is None:
         return 0.0
     return layer / (num_layers - 1) if num_layers > 1 else 1.0

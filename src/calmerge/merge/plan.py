@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,13 +19,12 @@ from calmerge.config import MergeConfig
 from calmerge.dtypes import FLOAT_TAGS, merge_tag, torch_dtype
 from calmerge.errors import CalmergeError, ConfigError, did_you_mean
 from calmerge.io import export
-from calmerge.io.checkpoint import Checkpoint, layer_index, open_checkpoint
+from calmerge.io.checkpoint import Checkpoint, open_checkpoint
 from calmerge.io.validate import validate_pair
 from calmerge.merge.methods import (
     REQUIRED,
     MergeMethod,
     get_method,
-    layer_position,
     resolve_setting,
 )
 
@@ -127,6 +126,17 @@ def check_finite_params(settings: dict[str, Any], who: str) -> None:
         bad = _nonfinite_value(setting)
         if bad is not None:
             raise ConfigError(f"parameter '{key}' of {who} is {bad}", "use a finite number")
+
+
+def _has_gradient(setting: Any) -> bool:
+    """Whether a setting depends on the layer position (a list of 2+ values, maybe filtered)."""
+    if isinstance(setting, Mapping):
+        return _has_gradient(setting.get("value"))
+    if isinstance(setting, list | tuple):
+        if all(isinstance(e, bool | int | float | str) for e in setting):
+            return len(setting) > 1
+        return any(_has_gradient(e) for e in setting)
+    return False
 
 
 def _resolve(
@@ -264,7 +274,12 @@ def plan_merge(
         else merge_tag(config.compute_dtype)
     )
     od = merge_tag(out_dtype, "--out-dtype") or merge_tag(config.out_dtype) or ref.main_tag
-    num_layers = ref.num_layers
+    # t per tensor: its block within its own tower (GPT-2's `h.N`, a vision tower over the
+    # vision block count), as mergekit's plan_slice numbers it; see `io.layers`
+    layers = ref.layer_map
+    settings = [config.parameters, *per_model]
+    if any(_has_gradient(v) for s in settings for v in s.values()):
+        warnings.extend(f"layer gradients: {note}" for note in layers.notes)
     jobs = []
     for name in sorted(ref.tensor_names, key=lambda n: _file_order(ref, n)):
         shape = ref.shape(name)
@@ -273,7 +288,7 @@ def plan_merge(
         common = rows if shape and rows != shape[0] else None
         if common is not None and any(c.shape(name)[0] > shape[0] for c in inputs):
             warnings.append(f"'{name}': rows past the reference vocab ({shape[0]}) are dropped")
-        t = layer_position(layer_index(name), num_layers)
+        t = layers.position(name)
         params = _tensor_params(method, config, models, base_index, per_model, name, t)
         jobs.append(
             Job(

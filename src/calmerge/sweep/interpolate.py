@@ -6,13 +6,22 @@ every parameter is recomputed from the two parents, tensor by tensor, straight i
 parameter's storage. Parents are read from their safetensors files, so the resident memory is
 one model plus a couple of tensors.
 
-Why no arithmetic of its own: a point is the family's `MergeConfig` (`merge.families`, validated by `merge.engine.pair_config`), planned
-against the live parameters' dtype and computed by the merge engine's per-tensor function
-(`merge.stream.merge_one`). `calmerge merge`/`export` of the same point runs the same config
-through the same function, so the sweep and the export cannot drift apart.
+Why no arithmetic of its own: a point is the family's `MergeConfig` (`merge.families`,
+validated by `merge.engine.pair_config`), planned against the live parameters' dtype and
+computed by the merge engine's per-tensor function (`merge.stream.merge_one`). `calmerge
+merge`/`export` of the same point runs the same config through the same function, so the sweep
+and the export cannot drift apart.
+
+Why transformers' renaming: the plan is keyed by checkpoint names, the live model by the names
+transformers gives parameters after its load-time key conversion (`conversion_mapping`;
+Gemma-3 4B–27B: `language_model.model.…` on disk, `model.language_model.…` live). Each live
+parameter is paired with its tensor by running that same conversion on the checkpoint's names.
 """
 
 from __future__ import annotations
+
+import re
+from typing import Any
 
 import torch
 
@@ -52,17 +61,29 @@ class LiveInterpolator:
         self._out_dtype = dtype_name(next(iter(dtypes))) if len(dtypes) == 1 else None
 
     def _map_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
-        """Pair every (deduplicated, so tied weights once) live parameter with a checkpoint name."""
-        names = set(self.aligned.tensor_names)
+        """Pair every live parameter (tied weights once) with its checkpoint tensor's name.
+
+        The names differ where transformers renames keys on load (Gemma-3 and other multimodal
+        `…ForConditionalGeneration` layouts, a base-model prefix added or dropped): the pairing
+        is transformers' own load-time renaming (`checkpoint_names`), never a table of ours.
+        Plan jobs are keyed by checkpoint names, so `apply` looks each parameter up by its pair.
+        """
+        names = self.aligned.tensor_names
+        to_ckpt = checkpoint_names(self.model, names)
+        tied_targets = set(getattr(self.model, "all_tied_weights_keys", None) or {})
+        aliases: dict[int, list[str]] = {}
+        params: dict[int, torch.nn.Parameter] = {}
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            aliases.setdefault(id(param), []).append(name)
+            params[id(param)] = param
         pairs = []
-        for name, param in self.model.named_parameters():
-            if name not in names:
-                raise CheckpointError(
-                    f"{self.aligned.path}: parameter '{name}' of the loaded model is not in the"
-                    " checkpoint",
-                    "the checkpoint and its config disagree; re-save it with save_pretrained",
-                )
-            pairs.append((name, param))
+        for key, live_names in aliases.items():
+            # a tied weight is stored once, under the tie's source (embed_tokens, not lm_head)
+            ordered = sorted(live_names, key=lambda n: n in tied_targets)
+            found = next((to_ckpt[n] for n in ordered if to_ckpt.get(n)), None)
+            if found is None:
+                raise _unpaired(self.model, self.aligned, ordered, to_ckpt)
+            pairs.append((found, params[key]))
         return pairs
 
     @torch.no_grad()
@@ -74,7 +95,7 @@ class LiveInterpolator:
         )
         plan = plan_merge(config, opened=[self.base, self.aligned])
         jobs = {job.spec.name: job for job in plan.jobs}
-        for name, param in self._params:
+        for name, param in self._params:  # `name`: the checkpoint's name of the parameter
             job = jobs[name]
             tensors = [ckpt.get(name) for ckpt in plan.inputs]
             in_place = (
@@ -87,3 +108,110 @@ class LiveInterpolator:
             if merged is not target:  # another device or dtype, or a copied non-float tensor
                 param.copy_(merged.to(device=param.device, dtype=param.dtype))
             del tensors, merged, target
+
+
+def _conversions(model: torch.nn.Module) -> tuple[list[Any], list[Any]] | None:
+    """(renamings, converters) transformers applies to checkpoint keys when loading `model`.
+
+    `get_model_conversion_mapping` is what `from_pretrained` itself calls (transformers ≥ 5),
+    and what `save_pretrained` reverses; None on older transformers, whose renaming is the
+    class's `_checkpoint_conversion_mapping` (regex → replacement).
+    """
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming
+    except ImportError:
+        return None
+    rules = get_model_conversion_mapping(model)
+    return (
+        [r for r in rules if isinstance(r, WeightRenaming)],
+        [r for r in rules if isinstance(r, WeightConverter)],
+    )
+
+
+def checkpoint_names(model: torch.nn.Module, names: list[str]) -> dict[str, str | None]:
+    """{live state-dict key: the checkpoint tensor it is loaded from} for checkpoint `names`.
+
+    The renaming step of transformers' loader (`core_model_loading.
+    convert_and_load_state_dict_in_model`), run on names only: every renaming rule, at most one
+    converter, the base-model prefix added or stripped against the model's own keys, and the
+    loader's retry of an unrenamed key the model has. A key a `WeightConverter` builds from
+    several tensors (fused or split experts, qkv) maps to None: it has no one tensor to merge.
+    """
+    live = dict.fromkeys(model.state_dict(keep_vars=True), True)
+    prefix = getattr(model, "base_model_prefix", "") or None
+    out: dict[str, str | None] = {}
+    conv = _conversions(model)
+    if conv is None:
+        mapping = getattr(model, "_checkpoint_conversion_mapping", None) or {}
+        for ckpt in names:
+            key = ckpt
+            for pattern, repl in mapping.items():
+                key, n = re.subn(pattern, repl, key)
+                if n:
+                    break
+            if key not in live and prefix:
+                if key.startswith(prefix + ".") and key[len(prefix) + 1 :] in live:
+                    key = key[len(prefix) + 1 :]
+                elif f"{prefix}.{key}" in live:
+                    key = f"{prefix}.{key}"
+            out.setdefault(key, ckpt)
+        return out
+    from transformers.core_model_loading import rename_source_key
+
+    renamings, converters = conv
+    for ckpt in names:
+        key, converted = rename_source_key(ckpt, renamings, converters, prefix, live)
+        if key not in live and ckpt in live:
+            key, converted = rename_source_key(ckpt, [], [], prefix, live)
+        if converted is not None:
+            out[key] = None
+        else:
+            out.setdefault(key, ckpt)
+    return out
+
+
+def _unpaired(
+    model: torch.nn.Module, ckpt: Checkpoint, live_names: list[str], to_ckpt: dict[str, str | None]
+) -> CheckpointError:
+    """One line: the live name, the name transformers would save it under, what was tried."""
+    kind = type(model).__name__
+    name = live_names[0]
+    # a WeightConverter builds it from several checkpoint tensors (a one-to-many one names
+    # only its first target, so any converted key makes this the likely story)
+    if any(n in to_ckpt for n in live_names) or None in to_ckpt.values():
+        return CheckpointError(
+            f"{ckpt.path}: parameter '{name}' of {kind} is built by transformers from several"
+            " checkpoint tensors (a WeightConverter), so the sweep cannot merge it in place",
+            "merge with `calmerge merge` and evaluate the merged folder with `calmerge eval`",
+        )
+    expected = _saved_name(model, name)
+    return CheckpointError(
+        f"{ckpt.path}: parameter '{name}' of the loaded {kind} has no tensor in the checkpoint"
+        f" (expected '{expected}'; tried transformers' load-time renaming of all"
+        f" {len(ckpt.tensor_names)} checkpoint names and the tied-weight aliases)",
+        "the checkpoint lacks weights its config asks for; compare its keys with the model's",
+    )
+
+
+def _saved_name(model: torch.nn.Module, name: str) -> str:
+    """The name `save_pretrained` writes a live key under (`core_model_loading.
+    revert_weight_conversion`'s choice of rules: those the load used, else the model's mapping
+    without the legacy and prefix-change rules), or the key itself on older transformers."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import (
+            PrefixChange,
+            WeightConverter,
+            rename_source_key,
+        )
+    except ImportError:
+        return name
+    rules = getattr(model, "_weight_conversions", None)
+    if rules is None:
+        rules = get_model_conversion_mapping(model, add_legacy=False)
+        rules = [r for r in rules if not isinstance(r, PrefixChange)]
+    reverse = [r.reverse_transform() for r in rules[::-1]]
+    converters = [r for r in reverse if isinstance(r, WeightConverter)]
+    renamings = [r for r in reverse if not isinstance(r, WeightConverter)]
+    return rename_source_key(name, renamings, converters, reverse=True)[0]

@@ -200,7 +200,7 @@ class Sweep:
                 fewshot=fewshot,
                 batch_size=cfg.batch_size,
             )
-            scorer.check_context(self.aligned.config.get("max_position_embeddings"))
+            scorer.check_context(self.aligned.text_setting("max_position_embeddings"))
             scorers[split] = scorer
         return scorers
 
