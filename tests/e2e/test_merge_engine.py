@@ -295,3 +295,39 @@ def test_nonfinite_parameters_are_refused_before_any_output(
     assert "\n" not in str(err.value)
     assert not (tmp_path / "out").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_yaml_whose_reference_has_the_smaller_vocabulary_is_refused(m, tmp_path):
+    """Base listed first, no base_model: the reference (first non-base model) is the base, so
+    the aligned model's added rows would be dropped while validation says they are kept.
+    mergekit refuses this YAML ("Tensor size mismatch"); so does calmerge, naming both."""
+    from calmerge.errors import ConfigError
+
+    cfg = {"merge_method": "linear", "models": [
+        {"model": str(m["base"]), "parameters": {"weight": 0.5}},
+        {"model": str(m["a_ext"]), "parameters": {"weight": 0.5}},
+    ]}
+    warnings: list[str] = []
+    with pytest.raises(ConfigError) as err:
+        run_merge(from_mergekit(cfg, "t.yml"), tmp_path / "out", quiet=True,
+                  on_warning=warnings.append)
+    assert "has 323 rows, more than the reference model" in str(err.value)
+    assert "--lam" in err.value.hint
+    assert warnings == [] and not (tmp_path / "out").exists()
+
+
+def test_a_yaml_with_the_aligned_model_as_reference_equals_lam(m, tmp_path):
+    """base_model set, the aligned model the only other input: the same merge as `--lam`, bit
+    for bit — its added rows, its tokenizer and its chat template."""
+    cfg = {"merge_method": "linear", "base_model": str(m["base"]), "dtype": "float32", "models": [
+        {"model": str(m["base"]), "parameters": {"weight": 0.5}},
+        {"model": str(m["a_ext"]), "parameters": {"weight": 0.5}},
+    ]}
+    yaml_out = tmp_path / "yaml"
+    run_merge(from_mergekit(cfg, "t.yml"), yaml_out, quiet=True)
+    lam_out = merge_pair(m["base"], m["a_ext"], 0.5, tmp_path / "lam")
+    _assert_bitwise(weights(lam_out), weights(yaml_out))
+    ours, ext = open_checkpoint(yaml_out), open_checkpoint(m["a_ext"])
+    assert ours.chat_template == ext.chat_template is not None
+    assert json.loads((yaml_out / "tokenizer.json").read_text()) == json.loads(
+        (m["a_ext"] / "tokenizer.json").read_text())

@@ -198,6 +198,24 @@ def _validate_inputs(inputs: list[Checkpoint], base_index: int | None) -> list[s
     return warnings
 
 
+def _check_rows(inputs: list[Checkpoint], ref: Checkpoint, name: str, shape: tuple) -> None:
+    """Refuse an input with more rows than the reference (the first non-base model, whose
+    vocabulary, tokenizer and chat template the output gets): its added tokens would be dropped.
+
+    `--lam` and YAMLs that list the aligned model as the reference keep the added rows (rows
+    past the base vocabulary come from the reference); mergekit refuses any such YAML.
+    """
+    for ckpt in inputs:
+        if ckpt is not ref and ckpt.shape(name)[0] > shape[0]:
+            raise ConfigError(
+                f"{ckpt.path}: '{name}' has {ckpt.shape(name)[0]} rows, more than the reference"
+                f" model {ref.path} ({shape[0]}); the merge would drop its added vocabulary",
+                "list the model with the larger vocabulary first among the non-base models (the"
+                " output takes its tokenizer and chat template), or use `calmerge merge --base B"
+                " --aligned A --lam X`",
+            )
+
+
 def _file_order(ckpt: Checkpoint, name: str) -> tuple[str, int]:
     """Read tensors in on-disk order (sequential IO); pickled checkpoints keep their order."""
     try:
@@ -286,8 +304,8 @@ def plan_merge(
         is_float = ref.tag(name) in FLOAT_TAGS
         rows = min(c.shape(name)[0] for c in inputs) if shape else None
         common = rows if shape and rows != shape[0] else None
-        if common is not None and any(c.shape(name)[0] > shape[0] for c in inputs):
-            warnings.append(f"'{name}': rows past the reference vocab ({shape[0]}) are dropped")
+        if shape:
+            _check_rows(inputs, ref, name, shape)
         t = layers.position(name)
         params = _tensor_params(method, config, models, base_index, per_model, name, t)
         jobs.append(
