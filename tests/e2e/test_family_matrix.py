@@ -3,7 +3,8 @@
 For each tiny fixture of tests/families.py (and the Llama pair of tests/tiny.py):
 - `calmerge merge --lam` equals mergekit's linear merge of the same pair bit for bit, and a
   hand-interpolated state dict (the oracle that needs no mergekit, for every architecture);
-- `calmerge eval` per-choice log-likelihoods equal lm-eval's `hf` model (plain prompts);
+- `calmerge eval` per-choice log-likelihoods equal lm-eval's `hf` model, plain and chat prompts
+  (lm-eval's own chat rendering, no target delimiter after it, as its chat mode does);
 - the sweep's λ=0 and λ=1 points score exactly what `calmerge eval` of the parents scores;
 - the exported pick loads with transformers' Auto class and its logits equal the hand-merged
   state dict's.
@@ -108,18 +109,27 @@ def test_merge_equals_mergekit_and_the_hand_merge(pair, tmp_path):
         assert torch.equal(ours[name], theirs[name]), name
 
 
+@pytest.mark.parametrize("fmt", ["plain", "chat"])
 @pytest.mark.parametrize("pair", FAMILIES, indirect=True)
-def test_eval_equals_lm_eval_loglikelihood(pair, items_file):
+def test_eval_equals_lm_eval_loglikelihood(pair, items_file, fmt):
+    """Per-choice log-likelihoods equal lm-eval's `hf` model on the same requests: the bare
+    question (plain) or lm-eval's own rendering of the family's chat template (chat)."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
     _, aligned = pair
     model, tok = load_model(aligned, device="cpu", dtype="float32")
     items = load_items(items_file)
-    ours = Scorer(tok, items, template="{question}").score(model)
+    ours = Scorer(tok, items, template="{question}", prompt_format=fmt).score(model)
     lm = HFLM(pretrained=str(aligned), device="cpu", dtype="float32", batch_size=4)
+
+    def request(item):
+        if fmt == "plain":
+            return item.question, " "
+        return lm.apply_chat_template([{"role": "user", "content": item.question}]), ""
+
     requests = [
-        Instance("loglikelihood", {}, (item.question, " " + c), i)
+        Instance("loglikelihood", {}, (request(item)[0], request(item)[1] + c), i)
         for item in items for i, c in enumerate(item.choices)
     ]
     theirs = iter(ll for ll, _ in lm.loglikelihood(requests, disable_tqdm=True))
