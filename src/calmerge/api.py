@@ -33,16 +33,37 @@ if TYPE_CHECKING:
 
 
 def inspect_model(
-    ref: str | Path, *, allow_pickle: bool = False, trust_remote_code: bool = False
+    ref: str | Path,
+    *,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    base: str | Path | None = None,
 ) -> dict[str, Any]:
     """Architecture, parameter count, dtypes, vocabulary, chat template of a model.
 
     Sizes are the text model's: a multimodal config (Gemma-3 4B–27B) keeps them in `text_config`.
+    A LoRA adapter is described as the merged model it stands for (its base's architecture),
+    plus its rank, alpha, target modules and base path (`adapter_*` keys).
     """
-    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.io.adapters import AdapterCheckpoint
+    from calmerge.io.models import open_checkpoint
 
-    ckpt = open_checkpoint(ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+    ckpt = open_checkpoint(
+        ref, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, base=base
+    )
     embed = next((n for n in ckpt.tensor_names if "embed_tokens" in n), None)
+    adapter: dict[str, Any] = {}
+    if isinstance(ckpt, AdapterCheckpoint):
+        cfg = ckpt.adapter_config
+        adapter = {
+            "adapter": "LoRA" + (" (rsLoRA)" if cfg.get("use_rslora") else ""),
+            "adapter_rank": ckpt.rank,
+            "adapter_alpha": cfg.get("lora_alpha"),
+            "adapter_target_modules": ckpt.target_modules,
+            "adapter_modules": len(ckpt.modules),
+            "adapter_modules_to_save": sorted(ckpt.replaced),
+            "adapter_base": str(ckpt.base.path),
+        }
     return {
         "path": str(ckpt.path),
         "architecture": ", ".join(ckpt.architectures) or "?",
@@ -58,6 +79,7 @@ def inspect_model(
         "chat_template": ckpt.has_chat_template,
         "shards": len(ckpt.shard_files) or None,
         "fingerprint": ckpt.fingerprint()[:16],
+        **adapter,
     }
 
 
@@ -71,12 +93,12 @@ def diff_models(
 ) -> list[LayerDelta]:
     """Per-layer relative ‖θ_aligned − θ_base‖ / ‖θ_base‖, and optionally its bar chart."""
     from calmerge.analysis.diff import layer_deltas, plot_deltas
-    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.io.models import open_checkpoint
 
     opts = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if png is not None and Path(png).is_dir():
         raise OutputError(f"{png}: is a directory", "give a .png file path")
-    b, a = open_checkpoint(base, **opts), open_checkpoint(aligned, **opts)
+    b, a = open_checkpoint(base, **opts), open_checkpoint(aligned, base=base, **opts)
     deltas = layer_deltas(b, a)
     if png is not None:
         plot_deltas(deltas, Path(png), title=f"{Path(str(aligned)).name} vs {Path(str(base)).name}")

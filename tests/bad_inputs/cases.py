@@ -159,6 +159,18 @@ def missing_model(tmp, pair):
     return merge_argv(pair[0], tmp / "no-such-model")
 
 
+def adapter_without_base(tmp, pair):
+    a = tmp / "lora-adapter"
+    a.mkdir()
+    cfg = {"peft_type": "LORA", "base_model_name_or_path": str(tmp / "no-such-base"), "r": 4,
+           "lora_alpha": 8, "target_modules": ["q_proj"]}
+    (a / "adapter_config.json").write_text(json.dumps(cfg))
+    key = "base_model.model.model.layers.0.self_attn.q_proj"
+    save_file({f"{key}.lora_A.weight": torch.zeros(4, 64), f"{key}.lora_B.weight": torch.zeros(64, 4)},
+              a / "adapter_model.safetensors")
+    return eval_argv(a, items_file(tmp, [GOOD, {**GOOD, "id": "b"}]))
+
+
 # ── merge configs and flags ──
 def unknown_method(tmp, pair):
     y = tmp / "m.yml"
@@ -323,6 +335,7 @@ CASES: list[Case] = [
     Case("pickle-checkpoint", "Pickle .bin checkpoint without --allow-pickle", pickle_ckpt, "--allow-pickle"),
     Case("remote-code", "Model needing trust_remote_code without the flag", remote_code, "--trust-remote-code"),
     Case("missing-model", "Model path that does not exist", missing_model, "no-such-model"),
+    Case("adapter-base-missing", "LoRA adapter whose base model cannot be found", adapter_without_base, "no-such-base"),
     Case("unknown-method", "Unknown merge method in a YAML", unknown_method, "lineer"),
     Case("unknown-config-key", "Unknown key in a merge YAML (did you mean)", unknown_key, "modles"),
     Case("nan-merge-weight", "`weight: .nan` in a merge YAML", nan_weight, "parameter 'weight' of model"),

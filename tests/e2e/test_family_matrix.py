@@ -29,7 +29,7 @@ from calmerge.config import SweepConfig
 from calmerge.eval.data import load_items
 from calmerge.eval.loading import load_model
 from calmerge.eval.score import Scorer
-from calmerge.io.checkpoint import open_checkpoint
+from calmerge.io.models import open_checkpoint
 from calmerge.merge.engine import merge_pair
 from calmerge.results.points import point_predictions
 from calmerge.results.store import ResultStore

@@ -22,8 +22,9 @@ from tiny import make_model
 
 from calmerge.analysis.diff import layer_deltas
 from calmerge.config import MergeConfig
-from calmerge.io.checkpoint import layer_index, open_checkpoint
+from calmerge.io.checkpoint import layer_index
 from calmerge.io.layers import LayerMap
+from calmerge.io.models import open_checkpoint
 from calmerge.merge.plan import plan_merge
 
 

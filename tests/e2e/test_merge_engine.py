@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tiny import make_model
 
 from calmerge.config import MergeConfig
-from calmerge.io.checkpoint import open_checkpoint
+from calmerge.io.models import open_checkpoint
 from calmerge.merge import engine, stream
 from calmerge.merge.engine import merge_pair, run_merge
 from calmerge.merge.mergekit_compat import from_mergekit

@@ -49,7 +49,7 @@ def assert_same(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) 
 
 def interpolator(base: Path, aligned: Path, **kw):
     from calmerge.eval.loading import load_model
-    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.io.models import open_checkpoint
     from calmerge.sweep.interpolate import LiveInterpolator
 
     model, _ = load_model(str(aligned), dtype="float32", device="cpu")
@@ -115,7 +115,7 @@ def test_multimodal_parents_and_masked_family(family_pair, tmp_path):
 
 
 def test_missing_tensor_is_one_line_naming_both_names(family_pair, tmp_path):
-    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.io.models import open_checkpoint
     from calmerge.sweep.interpolate import LiveInterpolator
 
     base, aligned = family_pair("gemma3_mm")

@@ -126,7 +126,7 @@ def test_sweep_point_weights_equal_merge_engine(request, tmp_path, family, lams,
     """The in-place θ(λ) of the sweep and `calmerge merge` at the same λ are the same weights —
     also the rows an aligned model added to the vocabulary, which only it has."""
     from calmerge.eval.loading import load_model
-    from calmerge.io.checkpoint import open_checkpoint
+    from calmerge.io.models import open_checkpoint
     from calmerge.merge.engine import merge_pair
     from calmerge.sweep.interpolate import LiveInterpolator
 

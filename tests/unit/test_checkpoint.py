@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from tiny import make_model
 
 from calmerge.errors import CheckpointError
-from calmerge.io.checkpoint import open_checkpoint
+from calmerge.io.models import open_checkpoint
 from calmerge.io.validate import check_finite, validate_pair
 
 

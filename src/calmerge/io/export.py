@@ -253,7 +253,7 @@ def write_config(tmp: Path, source: Checkpoint, out_dtype: torch.dtype | str) ->
     for key in keys:
         config[key] = dtype_name(out_dtype)
     (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    gen = source.path / "generation_config.json"
+    gen = source.file("generation_config.json")
     if gen.is_file():
         shutil.copyfile(gen, tmp / "generation_config.json")
 
@@ -265,7 +265,7 @@ def copy_tokenizer(tmp: Path, tokenizer_source: Checkpoint, chat_source: Checkpo
     follow; the base model often has none.
     """
     for fname in TOKENIZER_FILES:
-        src = tokenizer_source.path / fname
+        src = tokenizer_source.file(fname)
         if src.is_file():
             shutil.copyfile(src, tmp / fname)
     template = chat_source.chat_template
@@ -273,7 +273,7 @@ def copy_tokenizer(tmp: Path, tokenizer_source: Checkpoint, chat_source: Checkpo
         return
     for fname in CHAT_TEMPLATE_FILES:
         (tmp / fname).unlink(missing_ok=True)
-        src = chat_source.path / fname
+        src = chat_source.file(fname)
         if src.is_file():
             shutil.copyfile(src, tmp / fname)
     tok_cfg = tmp / "tokenizer_config.json"

@@ -19,7 +19,7 @@ from calmerge.config import MergeConfig
 from calmerge.dtypes import dtype_name, merge_tag, resolve_device
 from calmerge.errors import OutputError
 from calmerge.io import export
-from calmerge.io.checkpoint import open_checkpoint
+from calmerge.io.models import open_checkpoint
 from calmerge.merge.families import family_settings
 from calmerge.merge.mergekit_compat import load_merge_config
 from calmerge.merge.plan import MergePlan, _same_model, input_refs, plan_merge

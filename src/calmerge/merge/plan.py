@@ -19,7 +19,8 @@ from calmerge.config import MergeConfig
 from calmerge.dtypes import FLOAT_TAGS, merge_tag, torch_dtype
 from calmerge.errors import CalmergeError, ConfigError, did_you_mean
 from calmerge.io import export
-from calmerge.io.checkpoint import Checkpoint, open_checkpoint
+from calmerge.io.checkpoint import Checkpoint
+from calmerge.io.models import open_checkpoint
 from calmerge.io.validate import validate_pair
 from calmerge.merge.methods import (
     REQUIRED,
@@ -280,7 +281,9 @@ def plan_merge(
     known = {str(c.path): c for c in opened}
     inputs = [
         known.get(m)
-        or open_checkpoint(m, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
+        or open_checkpoint(
+            m, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, base=config.base
+        )
         for m in models
     ]
     warnings = _validate_inputs(inputs, base_index)

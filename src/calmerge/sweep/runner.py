@@ -130,7 +130,7 @@ class Sweep:
     def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
         from calmerge.eval.data import items_digest, load_items, load_prompts, source_of
         from calmerge.eval.loading import load_tokenizer
-        from calmerge.io.checkpoint import open_checkpoint
+        from calmerge.io.models import open_checkpoint
         from calmerge.io.validate import validate_pair
 
         self.cfg = cfg
@@ -139,7 +139,8 @@ class Sweep:
             cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
         )
         self.aligned = open_checkpoint(
-            cfg.aligned, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
+            cfg.aligned, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+            base=cfg.base,
         )
         self.pair = validate_pair(self.base, self.aligned)
         for ckpt in (self.base, self.aligned):
@@ -151,7 +152,9 @@ class Sweep:
         paths = {"test": cfg.data, **({"dev": cfg.dev} if cfg.dev else {})}
         self.items = {split: load_items(path) for split, path in paths.items()}
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
-        self._tokenizer = load_tokenizer(cfg.aligned, trust_remote_code=cfg.trust_remote_code)
+        self._tokenizer = load_tokenizer(
+            cfg.aligned, trust_remote_code=cfg.trust_remote_code, base=cfg.base
+        )
         self._scorers = self._build_scorers()
         digests = {
             split: file_digest(path) if source_of(path) == "file" else items_digest(self.items[split])
@@ -212,8 +215,10 @@ class Sweep:
         from calmerge.sweep.interpolate import LiveInterpolator
 
         cfg = self.cfg
+        # an adapter's live model is its base architecture: every weight is rewritten per point
         self._model, _ = load_model(
-            cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code
+            cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
+            base=cfg.base, merge_adapter=False,
         )
         self._interp = LiveInterpolator(
             self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed
