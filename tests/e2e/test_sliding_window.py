@@ -19,6 +19,7 @@ from transformers import (
     MistralConfig,
     MistralForCausalLM,
     Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -201,6 +202,23 @@ def test_qwen2_use_sliding_window_gets_one_mask_per_layer_type(tmp_path):
     mask = scorer.mask
     np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
                                atol=1e-4, rtol=0)
+
+
+def test_phi3_with_a_window_matches_lm_eval(tmp_path):
+    """Phi-3 configs with `sliding_window` (no layer_types): every layer slides, one mask."""
+    model, tok, auto = _tiny(Phi3ForCausalLM, lambda v: Phi3Config(
+        vocab_size=v, sliding_window=WINDOW, **{**COMMON, "num_key_value_heads": 4}), tmp_path)
+    assert attention_plan(model.get_decoder().config) == AttentionPlan(WINDOW, (SLIDING,))
+    scorer = Scorer(tok, long_items(6), batch_size=3)
+    ours = scorer.score(model)
+    assert set(scorer.last_paths) == {"windowed"}
+    mask = scorer.mask
+    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
+                               atol=1e-4, rtol=0)
+    theirs = lm_eval_logliks(tmp_path, scorer)
+    np.testing.assert_allclose(ours.choice_logprobs[mask], theirs[mask], atol=1e-4, rtol=0)
+    wrong = np.abs(block_mask_only(model, scorer)[mask] - theirs[mask]).max()
+    assert wrong > 1e-3
 
 
 def test_model_refusing_per_type_masks_is_scored_unpacked():
