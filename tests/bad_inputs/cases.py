@@ -366,6 +366,24 @@ CASES: list[Case] = [
 ]
 
 
+def _more_cases() -> list[Case]:
+    """Cases kept in topic modules beside this one (`cases_<topic>.py`, each with a CASES list),
+    so the corpus grows without one file holding every class of bad input."""
+    import importlib
+    import pkgutil
+
+    found: list[Case] = []
+    for mod in sorted(pkgutil.iter_modules([str(HERE)]), key=lambda m: m.name):
+        if mod.name.startswith("cases_"):
+            found += importlib.import_module(f"bad_inputs.{mod.name}").CASES
+    return found
+
+
+CASES += _more_cases()
+_ids = [c.id for c in CASES]
+assert len(_ids) == len(set(_ids)), "duplicate bad-input case ids"
+
+
 def markdown() -> str:
     """docs/robustness.md: the table of cases, generated from CASES."""
     lines = [
