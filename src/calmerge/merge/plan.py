@@ -9,6 +9,7 @@ merge on the kernel road runs without it.
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calmerge.config import MergeConfig
-from calmerge.dtypes import FLOAT_TAGS, merge_tag, torch_dtype
-from calmerge.errors import CalmergeError, ConfigError, did_you_mean
+from calmerge.dtypes import FLOAT_TAGS, dtype_name, merge_tag, torch_dtype
+from calmerge.errors import CalmergeError, ConfigError, OutputError, did_you_mean
 from calmerge.io import export
 from calmerge.io.checkpoint import Checkpoint
 from calmerge.io.models import open_checkpoint
@@ -199,6 +200,34 @@ def _validate_inputs(inputs: list[Checkpoint], base_index: int | None) -> list[s
     return warnings
 
 
+def _check_weight_sum(
+    method: MergeMethod, params: dict[str, Any], base_index: int | None, name: str
+) -> None:
+    """Refuse weights that sum to zero where the method divides by their sum (linear with
+    normalize, soup): every merged value would be ±Inf or NaN."""
+    if method.name not in ("linear", "soup") or not params.get("normalize", True):
+        return
+    weights = params["weight"]
+    used = [w for i, w in enumerate(weights) if method.name == "linear" or i != base_index]
+    if not all(isinstance(w, int | float) for w in used):
+        return
+    total = 0.0
+    for w in used:  # the method sums its weights in float32 (mergekit's arithmetic)
+        total = _f32(total + _f32(float(w)))
+    if total == 0:
+        raise ConfigError(
+            f"the {method.name} weights of tensor '{name}' sum to 0 in float32, and the merge"
+            " divides by their sum (normalize)",
+            "give weights with a non-zero sum or `normalize: false`; with --lam keep |λ| below"
+            " ~1e7, where 1−λ and λ cancel in float32",
+        )
+
+
+def _f32(x: float) -> float:
+    """x rounded to float32 (without importing numpy or torch)."""
+    return struct.unpack("f", struct.pack("f", x))[0] if math.isfinite(x) else x
+
+
 def _check_rows(inputs: list[Checkpoint], ref: Checkpoint, name: str, shape: tuple) -> None:
     """Refuse an input with more rows than the reference (the first non-base model, whose
     vocabulary, tokenizer and chat template the output gets): its added tokens would be dropped.
@@ -311,6 +340,8 @@ def plan_merge(
             _check_rows(inputs, ref, name, shape)
         t = layers.position(name)
         params = _tensor_params(method, config, models, base_index, per_model, name, t)
+        if is_float:
+            _check_weight_sum(method, params, base_index, name)
         jobs.append(
             Job(
                 spec=export.TensorSpec(name, od if is_float else ref.tag(name), shape),
@@ -320,3 +351,15 @@ def plan_merge(
             )
         )
     return MergePlan(config, method, inputs, base_index, ref_index, cd, od, jobs, warnings)
+
+
+def overflow_error(plan: MergePlan, job: Job) -> OutputError:
+    """The one error for a merged tensor that would hold Inf/NaN although its inputs are
+    finite (torch path and kernel road alike): refused, never written."""
+    compute = dtype_name(plan.compute_tag) if plan.compute_tag else "the input dtype"
+    return OutputError(
+        f"merged tensor '{job.spec.name}' would hold Inf/NaN: the {plan.method.name} merge"
+        f" overflows ({compute} arithmetic, {dtype_name(job.spec.tag)} output); nothing was"
+        " written",
+        "use a smaller λ or weights, or a wider --out-dtype such as float32",
+    )

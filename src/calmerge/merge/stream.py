@@ -19,7 +19,7 @@ from calmerge.io.checkpoint import Checkpoint
 from calmerge.io.validate import check_finite
 from calmerge.merge.fastpath.road import kernel_ok, run_kernels
 from calmerge.merge.methods import Group
-from calmerge.merge.plan import Job, MergePlan, tensor_seed
+from calmerge.merge.plan import Job, MergePlan, overflow_error, tensor_seed
 from calmerge.progress import progress_bar
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ def merge_one(
         target.copy_(run(views))
     if rows is not None:
         out[rows:].copy_(ref[rows:])
+    if not bool(torch.isfinite(out).all()):  # inputs are checked finite: the merge overflowed
+        raise overflow_error(plan, job)
     return out
 
 

@@ -21,7 +21,7 @@ from calmerge.io import export
 from calmerge.io.safetensors import pread_into
 from calmerge.io.validate import nonfinite_error
 from calmerge.merge.fastpath import LinearKernel
-from calmerge.merge.plan import Job, MergePlan
+from calmerge.merge.plan import Job, MergePlan, overflow_error
 
 _KERNEL_BLOCK = 1 << 18  # elements per numpy-kernel work item (a few MB of scratch per thread)
 _KERNEL_METHODS = ("linear", "soup")
@@ -132,8 +132,13 @@ class _KernelWorker:
                 for i, raw, tag in zip(used, raws, tags, strict=True):
                     if not self.kernel.finite(raw, tag):
                         raise nonfinite_error(plan.inputs[i], name)
-                if status == "nan":
+                if status == "nan":  # inf − inf: torch recomputes the tensor and judges it
                     return len(out), True
+                raise overflow_error(plan, job)  # finite inputs, an overflow to ±inf
+            if (spec.tag != "F32" or compute != "F32") and not self.kernel.finite(out, spec.tag):
+                # finite in fp32 but beyond the narrower dtype's range: rounded to ±inf there
+                # (the kernels' status judges the fp32 accumulator); the block is still in cache
+                raise overflow_error(plan, job)
         self.writer.write_at(name, block.start * out_size, memoryview(out))
         return len(out), False
 
