@@ -158,11 +158,28 @@ class EvalReport:
     diagram: Path | None = None
 
 
-def _eval_output_paths(output: str | None) -> tuple[Path | None, Path | None]:
-    """(JSON path, PNG path beside it), checked writable before any work starts."""
+def _eval_inputs(cfg: EvalConfig) -> list[tuple[str, str | None]]:
+    """What `calmerge eval` reads from disk: the model (and an adapter's base), its data."""
+    from calmerge.io.outputs import model_inputs
+
+    return [
+        *model_inputs("model", cfg.model),
+        ("data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
+    ]
+
+
+def _eval_output_paths(
+    output: str | None, inputs: list[tuple[str, str | None]] = ()
+) -> tuple[Path | None, Path | None]:
+    """(JSON path, PNG path beside it), checked writable before any work starts; neither may
+    be, hold or lie inside one of `inputs` (`io.outputs.check_not_input`)."""
+    from calmerge.io.outputs import check_not_input
+
     if output is None:
         return None, None
     path = Path(output)
+    for written in (path, path.with_suffix(".reliability.png")):
+        check_not_input(written, inputs, "--output")
     if path.is_dir():
         raise OutputError(f"--output {path}: is a directory", "give a file name like results.json")
     if not path.parent.is_dir():
@@ -178,7 +195,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     """
     from calmerge.eval.evaluate import evaluate_model
 
-    out_json, out_png = _eval_output_paths(cfg.output)
+    out_json, out_png = _eval_output_paths(cfg.output, _eval_inputs(cfg))
     ev = evaluate_model(cfg, progress=progress)
     if out_json is None or out_png is None:
         return EvalReport(ev)
@@ -212,8 +229,11 @@ class SweepReport:
 
 def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
     """Run (or resume) a sweep, then write its report into `cfg.out`."""
+    from calmerge.io.outputs import check_not_input
     from calmerge.sweep.runner import Sweep
 
+    check_not_input(cfg.store, _run_inputs(cfg), "--store")
+    _check_report_dir(cfg.out, cfg.store, cfg)
     runner = Sweep(cfg)
     outcome = runner.execute(progress=progress)
     written = report(cfg.store, str(runner.run.id), Path(cfg.out), pick=cfg.pick)
@@ -244,12 +264,18 @@ def results_table(store: str | Path, run: str | None = None) -> list[dict[str, A
     return point_rows(db, db.run(run))
 
 
-def write_results(rows: list[dict[str, Any]], fmt: str, out: Path | None) -> str:
-    """Serialise `results_table` rows as csv or json; written atomically when `out` is given."""
+def write_results(
+    rows: list[dict[str, Any]], fmt: str, out: Path | None, *, store: str | Path | None = None
+) -> str:
+    """Serialise `results_table` rows as csv or json; written atomically when `out` is given,
+    never over a results store (`store`, or any SQLite file) or into it."""
+    from calmerge.io.outputs import check_not_input, check_not_store
     from calmerge.results.table import serialise
 
     text = serialise(rows, fmt)
     if out is not None:
+        check_not_store(out, "-o")
+        check_not_input(out, [("results store", store)], "-o")
         atomic_write_text(Path(out), text)
     return text
 
@@ -324,9 +350,13 @@ def report(
     store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
 ) -> WrittenReport:
     """(Re)write the HTML/Markdown report of a run from the store alone."""
+    from calmerge.analysis.pick import check_rule
+    from calmerge.io.outputs import write_marker
     from calmerge.report import write_report
     from calmerge.report.sentences import verdict_sentences
 
+    check_rule(pick)
+    _check_report_dir(out, store, _stored_run_config(store, run))
     a = analyse(store, run, pick=pick)
     cfg = a.config
     meta = {
@@ -339,6 +369,7 @@ def report(
         **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
         "store": str(Path(store)),
     }
+    write_marker(out, "report")
     paths = write_report(
         a.points,
         a.verdict,
@@ -401,12 +432,24 @@ def export(
     measured metrics and the accuracy-vs-ECE and reliability figures."""
     import tempfile
 
+    from calmerge.analysis.pick import check_rule
+    from calmerge.io.outputs import check_not_input
     from calmerge.merge.engine import merge_pair
     from calmerge.report.card import card_metrics
     from calmerge.report.figures import make_figures
 
+    check_rule(pick)
+    run_inputs = [("results store", store), *_run_inputs(_stored_run_config(store, run))]
+    check_not_input(out, run_inputs, "-o")
     a = analyse(store, run, pick=pick)
     point, cfg = a.verdict.pick, a.config
+    from calmerge.io.models import open_checkpoint
+    from calmerge.results.points import check_models_unchanged
+
+    opts = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
+    check_models_unchanged(  # the card's numbers must describe the weights written
+        a.run, open_checkpoint(cfg.base, **opts), open_checkpoint(cfg.aligned, base=cfg.base, **opts)
+    )
     with tempfile.TemporaryDirectory(prefix="calmerge-card-") as tmp:
         figs = make_figures(a.points, a.verdict, Path(tmp), a.temperature_scaled)
         files = {
@@ -434,6 +477,39 @@ def export(
         trust_remote_code=cfg.trust_remote_code,
     )
     return path, point
+
+
+def _run_inputs(cfg: SweepConfig) -> list[tuple[str, str | None]]:
+    """What a sweep (and so its report and export) reads: both models (an adapter's base too),
+    its data and prompts — paths no output of the run may overlap (`io.outputs`)."""
+    from calmerge.io.outputs import model_inputs
+
+    return [
+        *model_inputs("base model", cfg.base),
+        *model_inputs("aligned model", cfg.aligned, cfg.base),
+        ("test data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
+    ]
+
+
+def _stored_run_config(store: str | Path, run: str | None) -> SweepConfig:
+    """The run's stored config, the store closed again (nothing of it left open or written)."""
+    with _open_store(store) as db:
+        return stored_config(db.run(run))
+
+
+def _check_report_dir(out: str | Path, store: str | Path, cfg: SweepConfig) -> None:
+    """A report folder may hold its results store, but neither be nor hold nor lie inside an
+    input of the run, and an existing non-empty one must be calmerge's (its marker)."""
+    from calmerge.io import outputs
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"report output '{out}' is a file", "pass a directory with --out")
+    outputs.check_not_input(out, [("results store", store)], "--out", may_contain=True)
+    for name in ("report.html", "report.md", "figures"):
+        outputs.check_not_input(out / name, [("results store", store)], "--out")
+    outputs.check_not_input(out, _run_inputs(cfg), "--out")
+    outputs.check_owned(out, "--out", keep=outputs.store_files(store, out), force_flag=False)
 
 
 def _open_store(store: str | Path) -> ResultStore:

@@ -226,6 +226,7 @@ def eval_cmd(
     output: Annotated[
         Path | None, typer.Option("--output", help="results.json (+ .reliability.png).")
     ] = None,
+    allow_pickle: PickleOpt = False,
     trust_remote_code: RemoteOpt = False,
 ) -> None:
     """Accuracy, calibration (with 95% intervals) and diversity of one model."""
@@ -243,7 +244,7 @@ def eval_cmd(
         "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
         "stop_token_ids": _parse_ids(stop_ids), "embed_diversity": False if no_embed else None, "n_boot": n_boot, "seed": seed,
         "output": str(output) if output else None,
-        "trust_remote_code": trust_remote_code or None,
+        "trust_remote_code": trust_remote_code or None, "allow_pickle": allow_pickle or None,
     }
     # only what was given: every default is the config model's own, stated once
     cfg = validate(EvalConfig, {k: v for k, v in given.items() if v is not None}, "command line")
@@ -448,10 +449,34 @@ def organism_build_cmd(
     console.print(table)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that every `finally` (temporary outputs removed,
+    a claimed sweep point released) runs before the process exits with 143."""
+
+
+#: what an interrupted command has kept, and how to go on (said in its one line)
+_KEPT = {
+    "sweep": "every finished point is in the store; run the same command again to resume",
+    "demo": "every finished point is in the store; run the same command again to resume",
+    "merge": "nothing was written (the partial output was removed)",
+    "export": "nothing was written (the partial output was removed)",
+    "eval": "nothing was written",
+    "organism": "nothing half-built was cached; the next build starts again",
+    "report": "the previous report files are unchanged (each file is replaced whole)",
+}
+
+
+def _interrupted(argv: list[str] | None, how: str, code: int) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    command = next((a for a in args if not a.startswith("-")), "")
+    _fail(f"interrupted ({how}): {_KEPT.get(command, 'no output was left half-written')}", code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the Typer app and turn user mistakes into one line + exit 2."""
+    """Entry point: run the Typer app and turn user mistakes into one line + exit 2, Ctrl-C
+    into one line + 130 and SIGTERM into one line + 143."""
     try:
-        app(args=argv, standalone_mode=False)
+        rv = app(args=argv, standalone_mode=False)
     except CalmergeError as exc:
         _fail(exc.one_line())
     except typer.Abort:
@@ -464,14 +489,30 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(0) from None
         _fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt:
-        _fail("interrupted; finished work is saved", 130)
+        _interrupted(argv, "Ctrl-C", 130)
+    except Terminated:
+        _interrupted(argv, "SIGTERM", 143)
+    else:
+        # typer turns Ctrl-C into an exit code it *returns* when not standalone: 130 here
+        # means the command was interrupted (commands themselves return None)
+        if rv == 130:
+            _interrupted(argv, "Ctrl-C", 130)
+        elif isinstance(rv, int) and rv:
+            raise SystemExit(rv)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def run() -> None:
-    """Console-script entry: `main`, then freeze the heap so that the interpreter's final
-    garbage collection skips it (~30 ms of every invocation; the process is ending anyway)."""
+    """Console-script entry: `main` with SIGTERM turned into `Terminated`, then freeze the heap
+    so that the interpreter's final garbage collection skips it (~30 ms of every invocation;
+    the process is ending anyway)."""
     import gc
+    import signal
 
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main()
     finally:

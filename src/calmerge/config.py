@@ -43,22 +43,100 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
+#: bounds on a config file, checked before it is parsed or built: a config is a few KB, so a
+#: file past 1 MiB, an alias "bomb" (anchors whose expansion multiplies) or deep nesting is a
+#: mistake or an attack, and parsing it would take minutes and gigabytes (PyYAML builds ~80
+#: bytes of nodes per input byte)
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 1_000_000  # nodes after expanding every alias (a 1 MiB flat list has ~500k)
+MAX_YAML_DEPTH = 64
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
-    """Read a YAML mapping, with a clear error for missing/malformed files."""
+    """Read a YAML mapping, with a clear error for missing/malformed/oversized files.
+
+    Anchors and aliases are allowed (mergekit configs use them to repeat a parameter block),
+    but the document is measured *as expanded* before anything is constructed: PyYAML shares
+    an aliased node, so the file parses in linear time, yet everything that walks the result
+    (validation, the run's identity hash, the export card) pays for the expansion.
+    """
     import yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found", "check the path")
+    size = path.stat().st_size
+    if size > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{path}: {size:,} bytes; a config file is at most {MAX_YAML_BYTES:,}",
+            "is this the right file? configs are a few KB",
+        )
+    raw = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text())
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text", "save the file as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_yaml_size(node, path)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{where}: not valid YAML", "check indentation and quoting") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path}: nested too deeply to parse", f"a config nests at most {MAX_YAML_DEPTH} levels"
+        ) from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level", "see README examples")
     return data
+
+
+def _check_yaml_size(root: Any, path: Path) -> None:
+    """Refuse a composed YAML graph whose expansion (aliases followed) is too big, too deep or
+    recursive. Linear in the file: each node's expanded size is computed once."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    open_: set[int] = set()
+
+    def size(node: Any, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        line = node.start_mark.line + 1
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(
+                f"{path}:{line}: nested more than {MAX_YAML_DEPTH} levels deep",
+                "flatten the config",
+            )
+        if key in open_:
+            raise ConfigError(f"{path}:{line}: an alias refers to itself", "remove the recursive alias")
+        total = 1
+        if isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+            open_.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else [
+                n for pair in node.value for n in pair
+            ]
+            for child in children:
+                total += size(child, depth + 1)
+                if total > MAX_YAML_NODES:
+                    raise ConfigError(
+                        f"{path}:{line}: expands to more than {MAX_YAML_NODES:,} values "
+                        "(anchors and aliases multiply)",
+                        "write the values out, or use fewer nested aliases",
+                    )
+            open_.discard(key)
+        sizes[key] = total
+        return total
+
+    size(root, 0)
 
 
 def validate(model: type[BaseModel], data: dict[str, Any], source: str) -> Any:
@@ -177,6 +255,7 @@ class EvalSettings(Frozen):
     n_boot: int = Field(1000, ge=0, le=100000)
     n_bins: int = Field(10, ge=2, le=100)
     trust_remote_code: bool = False
+    allow_pickle: bool = False
 
     @field_validator("fewshot")
     @classmethod
@@ -220,7 +299,13 @@ class SweepConfig(EvalSettings):
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
     out: str = "calmerge-report"
-    allow_pickle: bool = False
+
+    @field_validator("grid", "extrapolate", mode="before")
+    @classmethod
+    def _bounded(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple) and len(v) > MAX_GRID_POINTS:
+            raise ValueError(f"{len(v):,} λ points; at most {MAX_GRID_POINTS:,}")
+        return v
 
     @field_validator("grid", "extrapolate")
     @classmethod
@@ -308,21 +393,42 @@ IDENTITY_EXCLUDED: dict[str, str] = {
 }
 
 
+#: the most λ points a grid may list or generate: each is a full evaluation of the model, so
+#: more is a typo (a step of 1e-9), and it is refused before a single value is built
+MAX_GRID_POINTS = 10_000
+
+
 def parse_grid(text: str, flag: str = "--grid") -> tuple[float, ...]:
-    """Parse '0,0.1,0.5' or '0:1:0.1' (start:stop:step, inclusive) into λ values."""
+    """Parse '0,0.1,0.5' or '0:1:0.1' (start:stop:step, inclusive) into λ values.
+
+    The number of points is known before any is built (counted from the commas, or
+    (stop − start)/step), so `0:1:1e-9` is one line, not a billion floats.
+    """
+    import math
+
     text = text.strip()
+    bad = ConfigError(f"{flag} '{text}': not a list of numbers", "use e.g. 0,0.25,0.5 or 0:1:0.1")
+    if ":" in text:
+        try:
+            start, stop, step = (float(x) for x in text.split(":"))
+        except ValueError:
+            raise bad from None
+        if not all(map(math.isfinite, (start, stop, step))) or step <= 0:
+            raise bad
+        count = round((stop - start) / step) + 1
+    else:
+        count = text.count(",") + 1
+    if count > MAX_GRID_POINTS:
+        raise ConfigError(
+            f"{flag} '{text[:40]}': {count:,} λ points; at most {MAX_GRID_POINTS:,}",
+            "use a coarser step: each point is a full evaluation, and refinement adds points near the best",
+        )
     try:
         if ":" in text:
-            start, stop, step = (float(x) for x in text.split(":"))
-            if step <= 0:
-                raise ValueError
-            n = round((stop - start) / step)
-            return tuple(round(start + i * step, 6) for i in range(n + 1))
+            return tuple(round(start + i * step, 6) for i in range(max(0, count)))
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
-        raise ConfigError(
-            f"{flag} '{text}': not a list of numbers", "use e.g. 0,0.25,0.5 or 0:1:0.1"
-        ) from None
+        raise bad from None
 
 
 def load_sweep_config(path: Path | None, overrides: dict[str, Any]) -> SweepConfig:

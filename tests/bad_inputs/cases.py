@@ -379,9 +379,10 @@ def _more_cases() -> list[Case]:
     return found
 
 
-CASES += _more_cases()
-_ids = [c.id for c in CASES]
-assert len(_ids) == len(set(_ids)), "duplicate bad-input case ids"
+if __name__ != "__main__":  # run as a script, the module delegates to its imported self below
+    CASES += _more_cases()
+    _ids = [c.id for c in CASES]
+    assert len(_ids) == len(set(_ids)), "duplicate bad-input case ids"
 
 
 def markdown() -> str:
@@ -425,4 +426,7 @@ def markdown() -> str:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(markdown())
+    # the topic modules import `bad_inputs.cases`: use that one instance, not this script's
+    from bad_inputs.cases import markdown as _markdown
+
+    sys.stdout.write(_markdown())

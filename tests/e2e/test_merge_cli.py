@@ -246,16 +246,24 @@ def test_output_is_a_file(m, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
 
 
-def test_existing_output_needs_force(m, tmp_path, capsys):
+def test_existing_output_needs_force_and_force_replaces_only_calmerge_outputs(m, tmp_path, capsys):
+    """A directory calmerge did not write is never replaced, `--force` or not (it could be a
+    project); one calmerge wrote (its `.calmerge-output` marker) is replaced with `--force`."""
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious").write_text("x")
     argv = ["merge", "--base", m["base"], "--aligned", m["aligned"], "--lam", "0.5", "--quiet"]
     code, _, err = run([*argv, "-o", out], capsys)
     assert code == 2 and "--force" in err and (out / "precious").exists()
-    code, _, _ = run([*argv, "-o", out, "--force"], capsys)
-    assert code == 0 and not (out / "precious").exists()
-    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    code, _, err = run([*argv, "-o", out, "--force"], capsys)
+    assert code == 2 and "not written by calmerge" in err and (out / "precious").exists()
+    merged = tmp_path / "merged"
+    assert run([*argv, "-o", merged], capsys)[0] == 0
+    assert (merged / ".calmerge-output").is_file()
+    code, _, err = run([*argv, "-o", merged], capsys)
+    assert code == 2 and "--force" in err
+    code, _, _ = run([*argv[:-2], "0.25", "--quiet", "-o", merged, "--force"], capsys)
+    assert code == 0 and json.loads((merged / "config.json").read_text())["model_type"] == "llama"
 
 
 def test_real_process_exit_code_and_single_line(m, tmp_path):

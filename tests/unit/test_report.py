@@ -161,3 +161,22 @@ def test_existing_report_is_replaced(tmp_path):
     page = paths.html.read_text("utf-8")
     assert "second-title" in page and "first-title" not in page
     assert Path(paths.html).stat().st_mode & 0o044  # readable by others (not mkstemp's 0600)
+
+
+def test_model_card_escapes_what_the_user_named():
+    """Run names and paths come from the user: the card (rendered by the Hub) must not carry
+    their markup, and a recipe path cannot close the YAML fence it is quoted in."""
+    from calmerge.io.export import model_card
+    from calmerge.report.card import card_metrics
+
+    pts = synthetic_points(HUMP_ACC, HUMP_ECE)
+    v = verdict(pts, n_boot=50)
+    card = card_metrics(v.pick, run_id=1, run_name="<script>alert(1)</script> | *x*",
+                        rule="max-acc", verdict=v)
+    assert "<script>" not in card and "&lt;script&gt;" in card and "\\| \\*x\\*" in card
+    recipe = {"method": "linear", "models": [{"model": "/data/```\n# Injected heading\n```"}]}
+    text = model_card(recipe, base="/data/base")
+    fence = next(line for line in text.splitlines() if line.endswith("yaml"))[: -len("yaml")]
+    assert len(fence) > 3 and set(fence) == {"`"}
+    body = text.split(fence + "yaml\n", 1)[1].split("\n" + fence + "\n", 1)[0]
+    assert "Injected heading" in body  # the path is inside the fence, as text

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from calmerge.config import EvalConfig
 from calmerge.eval.calibration import reliability_bins
 from calmerge.eval.data import load_items, load_prompts, native_template
-from calmerge.eval.loading import load_model
+from calmerge.eval.loading import load_model, load_tokenizer
 from calmerge.eval.metrics import Metric, compute_metrics, diversity_metrics
 from calmerge.eval.score import Scorer, ScoreResult, context_limit
 
@@ -35,12 +35,16 @@ def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
     items = load_items(cfg.data)
     fewshot = load_items(cfg.dev)[: cfg.fewshot] if cfg.dev else []
     prompts = load_prompts(cfg.prompts) if cfg.prompts else []
-    model, tokenizer = load_model(
-        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code
-    )
+    # prompts are built (and chat templates rendered, under their time budget) before the
+    # model loads: a bad template or item costs seconds, not a model load
+    tokenizer = load_tokenizer(cfg.model, trust_remote_code=cfg.trust_remote_code)
     scorer = Scorer(
         tokenizer, items, mode=cfg.mode, template=cfg.prompt_template or native_template(cfg.data),
         prompt_format=cfg.prompt_format, fewshot=fewshot, batch_size=cfg.batch_size,
+    )
+    model, tokenizer = load_model(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
+        allow_pickle=cfg.allow_pickle,
     )
     scorer.check_context(context_limit(model))
     start = time.perf_counter()

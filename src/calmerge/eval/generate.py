@@ -45,7 +45,7 @@ def build_generation_prompts(
 ) -> list[list[int]]:
     """Token ids per prompt: plain text, or the chat template with the generation prompt
     added; special tokens by the scorer's (lm-eval's) rule, so there is exactly one BOS."""
-    from calmerge.eval.prompts import special_tokens_kwargs
+    from calmerge.eval.prompts import TemplateCheck, render_chat, special_tokens_kwargs
 
     texts = [p.prompt if isinstance(p, OpenPrompt) else str(p) for p in prompts]
     if not texts:
@@ -58,10 +58,10 @@ def build_generation_prompts(
             "use --prompt-format plain, or a model with a chat template",
         )
     out = []
+    check = TemplateCheck()  # the first render, and longer ones, within a time budget
     for t in texts:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
-        )
+        messages = [{"role": "user", "content": t}]
+        text = render_chat(tokenizer, messages, check=check.due(messages))
         out.append(list(tokenizer.encode(text, **special_tokens_kwargs(tokenizer, text))))
     return out
 

@@ -36,6 +36,7 @@ def load_tokenizer(
         from calmerge.io.adapters import adapter_base_ref
 
         source = adapter_base_ref(adapter, base)
+    _check_text_files(source)
     try:
         tok = AutoTokenizer.from_pretrained(str(source), trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises OSError/ValueError/HF errors indistinctly
@@ -53,13 +54,15 @@ def load_model(
     trust_remote_code: bool = False,
     base: str | Path | None = None,
     merge_adapter: bool = True,
+    allow_pickle: bool = False,
 ) -> tuple[Any, Any]:
     """(model in eval mode on `device` in `dtype`, tokenizer) from a directory or hub id.
 
     A LoRA adapter directory loads its base (`base`, else the adapter config's) and then peft's
     `merge_and_unload()`: a plain transformers model with the merged weights, equal to the
     dense merged checkpoint. `merge_adapter=False` stops at the base (the sweep rewrites every
-    weight anyway).
+    weight anyway). Pickled weights (.bin, which transformers unpickles) load only with
+    `allow_pickle`; without it transformers is told `use_safetensors=True`.
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -74,13 +77,19 @@ def load_model(
 
         # validated (peft type, DoRA, modules vs base) before transformers or peft run
         ckpt = open_checkpoint(
-            adapter, base=base, allow_pickle=True, trust_remote_code=trust_remote_code
+            adapter, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
         )
         weights = ckpt.base.path  # type: ignore[attr-defined]
+    if not allow_pickle:
+        _refuse_pickle_only(weights)
+    _check_config(weights)
     tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, base=base)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(weights), dtype=torch_dtype, trust_remote_code=trust_remote_code
+            str(weights),
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            **({} if allow_pickle else {"use_safetensors": True}),
         )
     except Exception as exc:
         raise _checkpoint_error(weights, exc) from None
@@ -88,6 +97,67 @@ def load_model(
         model = _merge_adapter(model, adapter)
     model.to(dev).eval()
     return model, tokenizer
+
+
+def _refuse_pickle_only(source: str | Path) -> None:
+    """A local folder whose only weights are pickles (.bin) is refused in one line, as
+    `io.models.open_checkpoint` refuses it, rather than left to a transformers error."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir() and not any(path.glob("*.safetensors")) and any(path.glob("*.bin")):
+        raise CheckpointError(
+            f"{path}: weights are pickled (.bin), which can run arbitrary code",
+            "convert to safetensors, or pass --allow-pickle if you trust the source",
+        )
+
+
+def _check_config(weights: str | Path) -> None:
+    """Before transformers builds a model from a local config.json: its sizes must fit the
+    weight files beside it (bytes ×8 bounds the parameters they hold), so a config saying
+    vocab 10⁹ is one line, not an allocation of terabytes. Hub ids are left to transformers."""
+    import json
+
+    from calmerge.io.checkpoint import check_config_sizes
+
+    path = Path(str(weights)).expanduser()
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        return
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        raise CheckpointError(f"{config_path}: not readable JSON", "re-save the model") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object", "re-save the model")
+    weight_files = [*path.glob("*.safetensors"), *path.glob("*.bin"), *path.glob("*.pt")]
+    if weight_files:
+        check_config_sizes(config_path, config, 8 * sum(f.stat().st_size for f in weight_files))
+
+
+def _check_text_files(source: str | Path) -> None:
+    """The tokenizer's JSON and template files decode, checked before transformers reads them,
+    so a bad one is named (transformers' own error names neither file nor line)."""
+    import json
+
+    path = Path(str(source)).expanduser()
+    for name in ("tokenizer_config.json", "chat_template.json", "chat_template.jinja"):
+        f = path / name
+        if not f.is_file():
+            continue
+        raw = f.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise CheckpointError(f"{f}:{line}: not UTF-8 text", "re-save the file as UTF-8") from None
+        if name.endswith(".json"):
+            try:
+                json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(
+                    f"{f}:{exc.lineno}: not valid JSON ({exc.msg})", "re-save the tokenizer"
+                ) from None
+            except RecursionError:
+                raise CheckpointError(f"{f}: JSON nested too deeply", "re-save the tokenizer") from None
 
 
 def _merge_adapter(model: Any, adapter: Path) -> Any:

@@ -12,8 +12,10 @@ may carry its own, e.g. from an lm-eval task); after a chat generation prompt it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from calmerge.errors import DataError
@@ -34,12 +36,18 @@ def format_choices(choices: Sequence[str]) -> str:
     return "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(choices))
 
 
-def render(item: Item, template: str) -> str:
+def render(item: Item, template: str, mode: Mode | None = None) -> str:
     """Fill `{question}`, `{choices}` and `{subject}`; an unknown field is a one-line error."""
-    try:
-        return template.format(
-            question=item.question, choices=format_choices(item.choices), subject=item.subject
+    if len(item.choices) > len(LETTERS) and (mode == "letter" or "{choices" in template):
+        what = "--mode letter" if mode == "letter" else "the {choices} listing of the template"
+        raise DataError(
+            f"item '{item.id}': {len(item.choices)} choices, but {what} labels at most "
+            f"{len(LETTERS)} (A..Z)",
+            "use --mode loglik with a template without {choices}",
         )
+    try:
+        listing = format_choices(item.choices) if "{choices" in template else ""
+        return template.format(question=item.question, choices=listing, subject=item.subject)
     except (KeyError, IndexError, ValueError) as exc:
         raise DataError(
             f"--prompt-template: cannot fill {exc!s} in {template!r}",
@@ -58,6 +66,88 @@ def targets(item: Item, mode: Mode) -> list[str]:
     return list(item.choices)
 
 
+#: wall-clock seconds a chat template may take to render one prompt when it is checked: real
+#: templates take milliseconds; one that loops for longer would stall every point of a sweep
+TEMPLATE_SECONDS = 5.0
+
+
+class _OverBudget(BaseException):
+    """Raised inside a render that ran past its budget (a BaseException, so no `except
+    Exception` in jinja or transformers swallows it: the tracer is gone once it fires)."""
+
+
+def within_seconds(seconds: float, fn: Callable[[], Any]) -> Any:
+    """`fn()`, stopped with `_OverBudget` once it has run `seconds` of wall-clock time.
+
+    A Python thread cannot be killed and a signal only reaches the main thread, so the budget
+    is a `sys.settrace` hook that reads the clock every 1024 Python calls and lines, in
+    whichever thread renders. Jinja compiles a template to Python, so a template's loops are
+    lines the hook sees; a single long C-level operation (one huge string repeat) is not.
+    The hook costs while it is set, so callers use it for the checks only, not every render.
+    """
+    deadline = time.monotonic() + seconds
+    ticks = 0
+
+    def tick(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal ticks
+        ticks += 1
+        if not ticks & 1023 and time.monotonic() > deadline:
+            raise _OverBudget
+        return tick
+
+    previous = sys.gettrace()
+    sys.settrace(tick)
+    try:
+        return fn()
+    finally:
+        sys.settrace(previous)
+
+
+def render_chat(
+    tokenizer: Any, messages: list[dict[str, str]], *, check: bool = False
+) -> str:
+    """The chat template applied to `messages` with the generation prompt; a template that
+    fails (its own `raise_exception`, a syntax error, a loop without end when `check`) is one
+    line naming the tokenizer's template, not a traceback from inside jinja."""
+    import jinja2
+
+    def call() -> Any:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    name = f"{getattr(tokenizer, 'name_or_path', '') or 'the tokenizer'}: chat template"
+    hint = "fix the chat template, or use --prompt-format plain"
+    try:
+        text = within_seconds(TEMPLATE_SECONDS, call) if check else call()
+    except _OverBudget:
+        raise DataError(
+            f"{name} still rendering one prompt after {TEMPLATE_SECONDS:g} s (a loop without end?)",
+            hint,
+        ) from None
+    except jinja2.TemplateError as exc:
+        raise DataError(f"{name} fails: {str(exc)[:200]}", hint) from None
+    except (RecursionError, MemoryError) as exc:
+        raise DataError(f"{name} fails: {type(exc).__name__}", hint) from None
+    if not isinstance(text, str):
+        raise DataError(f"{name} renders {type(text).__name__}, not text", hint)
+    return text
+
+
+class TemplateCheck:
+    """When a render is checked against the budget: the first, and every one whose messages
+    are more than twice as long as the longest checked yet (a template's cost can grow with
+    its input), so at most ~20 renders of a dataset pay for the hook."""
+
+    def __init__(self) -> None:
+        self.longest = 0
+
+    def due(self, messages: list[dict[str, str]]) -> bool:
+        size = sum(len(m["content"]) for m in messages) + 1
+        if size <= 2 * self.longest:
+            return False
+        self.longest = size
+        return True
+
+
 @dataclass(frozen=True)
 class PromptBuilder:
     """Turns items into (context text, continuation texts) for one tokenizer and format."""
@@ -69,6 +159,7 @@ class PromptBuilder:
     fewshot: tuple[Item, ...] = ()
     target_delimiter: str = " "
     fewshot_delimiter: str = "\n\n"
+    _check: TemplateCheck = field(default_factory=TemplateCheck, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.prompt_format == "chat" and not getattr(self.tokenizer, "chat_template", None):
@@ -90,8 +181,11 @@ class PromptBuilder:
 
     def context(self, item: Item) -> str:
         """The full context text (few-shot examples included) that precedes the continuation."""
-        shots = [(render(s, self._template), targets(s, self.mode)[s.answer]) for s in self.fewshot]
-        question = render(item, self._template)
+        shots = [
+            (render(s, self._template, self.mode), targets(s, self.mode)[s.answer])
+            for s in self.fewshot
+        ]
+        question = render(item, self._template, self.mode)
         if self.prompt_format == "plain":
             pairs = zip(shots, self.fewshot, strict=True)
             parts = [q + self.delimiter(s) + a for (q, a), s in pairs]
@@ -100,9 +194,7 @@ class PromptBuilder:
         for q, a in shots:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         messages.append({"role": "user", "content": question})
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
+        return render_chat(self.tokenizer, messages, check=self._check.due(messages))
 
     def encode(self, item: Item) -> tuple[list[int], list[list[int]]]:
         """Token ids of the context and of each continuation (lm-eval's `_encode_pair`).

@@ -51,11 +51,43 @@ def _sample_bytes(path: Path, size: int, blocks: int = 16, block: int = 4096) ->
 def _load_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path}: not readable JSON", "re-save the model") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object", "re-save the model")
     return data
+
+
+def _size(config: dict[str, Any], *keys: str) -> int:
+    for key in keys:
+        value = config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return 0
+
+
+def check_config_sizes(path: Path, config: dict[str, Any], capacity: int) -> None:
+    """Refuse a config.json whose sizes the weights cannot hold, before anything is built from it.
+
+    transformers allocates a model from config.json alone, so `vocab_size: 1e9` or
+    `hidden_size: 1e6` beside small weights would ask for terabytes. Two lower bounds on a
+    causal LM's parameters, every family has them: the embedding (vocab × hidden) and one
+    norm per block (layers × hidden). `capacity` is an upper bound on what the weights hold
+    (elements ×8 or bytes ×8: even 1-bit packing is covered, so no real checkpoint trips it).
+    """
+    sub = config.get("text_config")
+    text = sub if isinstance(sub, dict) else config
+    hidden = _size(text, "hidden_size", "n_embd", "d_model")
+    for what, n in (
+        ("vocab_size", _size(text, "vocab_size")),
+        ("num_hidden_layers", _size(text, "num_hidden_layers", "n_layer", "num_layers")),
+    ):
+        if n and hidden and n * hidden > capacity:
+            raise CheckpointError(
+                f"{path}: {what} × hidden size = {n:,} × {hidden:,} parameters, more than the "
+                f"weights beside it can hold",
+                "config.json does not describe these weights; re-save the model",
+            )
 
 
 class Checkpoint:
@@ -74,6 +106,8 @@ class Checkpoint:
         self._tensors = tensors
         self._headers = headers
         self._pickled = pickled
+        if tensors or pickled:
+            check_config_sizes(path / "config.json", config, 8 * self.num_params)
 
     # -- metadata -------------------------------------------------------------------------
     @property

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from calmerge.dtypes import dtype_name, dtype_tag, itemsize, torch_dtype
 from calmerge.errors import ConfigError, OutputError
+from calmerge.io import outputs
 from calmerge.io.checkpoint import SAFE_INDEX, SAFE_SINGLE, Checkpoint
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ TOKENIZER_FILES = (
     "vocab.txt",
 )
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
-_TMP_RE = re.compile(r"^\.(?P<name>.+)\.calmerge-tmp-(?P<pid>\d+)$")
 _UNITS = {
     "": 1,
     "B": 1,
@@ -178,35 +178,22 @@ class ShardedWriter:
 # ───────────────────────────── atomic output directory ─────────────────────────────
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_leftovers(parent: Path) -> list[Path]:
-    """Remove temp dirs of killed runs (their pid is gone) beside the output."""
-    removed = []
-    if not parent.is_dir():
-        return removed
-    for entry in parent.iterdir():
-        match = _TMP_RE.match(entry.name)
-        if match and entry.is_dir() and not _pid_alive(int(match.group("pid"))):
-            shutil.rmtree(entry, ignore_errors=True)
-            removed.append(entry)
-    return removed
-
-
 def check_output(out: Path, *, force: bool, needed_bytes: int = 0) -> None:
-    """Refuse, before any work, outputs that cannot or must not be written."""
+    """Refuse, before any work, outputs that cannot or must not be written.
+
+    An existing non-empty directory is replaced only with `force` and only when calmerge wrote
+    it (its `.calmerge-output` marker, `io.outputs`); leftovers of killed runs beside it are
+    tidied first, so an output a killed `--force` run had set aside is back in place.
+    """
+    outputs.clean_leftovers(out.parent)
     if out.exists() and not out.is_dir():
         raise OutputError(f"{out}: exists and is a file", "choose a directory path for -o")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise OutputError(f"{out}: already exists and is not empty", "pass --force to replace it")
+    if out.is_dir() and any(out.iterdir()):
+        outputs.check_owned(out, "-o")
+        if not force:
+            raise OutputError(
+                f"{out}: already exists and is not empty", "pass --force to replace it"
+            )
     parent = out.parent
     probe = parent
     while not probe.exists():
@@ -222,25 +209,21 @@ def check_output(out: Path, *, force: bool, needed_bytes: int = 0) -> None:
 
 
 def make_temp_dir(out: Path) -> Path:
-    """A hidden sibling directory for the in-progress output (same filesystem: rename works)."""
+    """A hidden sibling directory for the in-progress output (same filesystem: rename works),
+    marked from the start as calmerge's (so a later `--force` may replace it)."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_leftovers(out.parent)
+    outputs.clean_leftovers(out.parent)
     tmp = out.parent / f".{out.name}.calmerge-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
+    outputs.write_marker(tmp, "model")
     return tmp
 
 
 def commit_dir(tmp: Path, out: Path) -> Path:
-    """Move the finished temp dir to `out`, replacing an existing one only now."""
-    if out.exists():
-        trash = out.parent / f".{out.name}.calmerge-old-{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(tmp, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
+    """Move the finished temp dir to `out`, replacing an existing one only now (old set aside,
+    new renamed in, old deleted: `io.outputs.replace_dir`)."""
+    return outputs.replace_dir(tmp, out)
 
 
 # ───────────────────────────── metadata: config, tokenizer, card ─────────────────────────────
@@ -288,10 +271,16 @@ def copy_tokenizer(tmp: Path, tokenizer_source: Checkpoint, chat_source: Checkpo
 
 
 def model_card(recipe: dict[str, Any], *, base: str | None, extra: str = "") -> str:
-    """README.md: front matter for the hub, the recipe as YAML, and optional extra Markdown."""
+    """README.md: front matter for the hub (YAML-escaped), the recipe as YAML in a fence it
+    cannot close, and optional extra Markdown (escaped by its maker)."""
     import yaml
 
     front = {"library_name": "transformers", "tags": ["merge", "calmerge"]}
+    body = yaml.safe_dump(recipe, sort_keys=False).strip()
+    # a fence longer than any backtick run in the recipe (paths are the user's): it cannot be
+    # closed from inside, so the card's Markdown stays the recipe
+    runs = [len(r) for r in re.findall(r"`+", body)]
+    fence = "`" * max(3, max(runs, default=0) + 1)
     if base:
         front["base_model"] = base
     parts = [
@@ -305,9 +294,9 @@ def model_card(recipe: dict[str, Any], *, base: str | None, extra: str = "") -> 
         "",
         "## Recipe",
         "",
-        "```yaml",
-        yaml.safe_dump(recipe, sort_keys=False).strip(),
-        "```",
+        fence + "yaml",
+        body,
+        fence,
         "",
     ]
     if extra.strip():

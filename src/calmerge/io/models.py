@@ -27,8 +27,12 @@ if TYPE_CHECKING:
     import torch
 
 
-def resolve_ref(ref: str | Path) -> Path:
-    """A local model directory, or a hub id fetched through huggingface_hub's cache."""
+_HUB_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.md"]
+
+
+def resolve_ref(ref: str | Path, *, weights: bool = True) -> Path:
+    """A local model directory, or a hub id fetched through huggingface_hub's cache (its
+    safetensors weights too unless `weights=False`; pickles never)."""
     path = Path(ref).expanduser()
     if path.is_dir():
         return path
@@ -43,7 +47,7 @@ def resolve_ref(ref: str | Path) -> Path:
 
         local = snapshot_download(
             text,
-            allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.model", "*.txt", "*.md"],
+            allow_patterns=[*_HUB_PATTERNS, "*.safetensors"] if weights else _HUB_PATTERNS,
         )
     except Exception as exc:  # any hub failure (offline, 404, auth) is the same user problem
         raise CheckpointError(
@@ -54,33 +58,105 @@ def resolve_ref(ref: str | Path) -> Path:
     return Path(local)
 
 
+def _roots(path: Path) -> list[Path]:
+    """Where the files of model directory `path` may live once symlinks are resolved: the
+    directory itself, and for a Hugging Face cache snapshot (`…/snapshots/<rev>/`, whose
+    files are symlinks into `…/blobs/`) that repository's blob store."""
+    root = path.resolve()
+    roots = [root]
+    if root.parent.name == "snapshots":
+        roots.append(root.parent.parent / "blobs")
+    return roots
+
+
+def _inside(path: Path, name: object, listed_in: str) -> Path:
+    """`path / name` for a file a model's own file names (an index's shard), refused with one
+    line unless it stays inside the model directory — no absolute path, no `..`, no symlink
+    resolving elsewhere — so nothing outside it is opened because a file inside said so."""
+    hint = "the index is corrupt or hostile; re-download the model"
+    if not isinstance(name, str) or not name:
+        raise CheckpointError(f"{path}: {listed_in} names a shard {name!r}", hint)
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts or "\\" in name:
+        raise CheckpointError(
+            f"{path}: {listed_in} names shard '{name}', outside the model directory", hint
+        )
+    target = path / rel
+    real = target.resolve()
+    if not any(real == r or real.is_relative_to(r) for r in _roots(path)):
+        raise CheckpointError(
+            f"{path}: shard '{name}' is a symlink to {real}, outside the model directory",
+            "copy the file into the model directory instead of linking it",
+        )
+    return target
+
+
+def _weight_map(path: Path, index: Path) -> dict[str, str]:
+    """The index's tensor → shard map, every key and value a string."""
+    weight_map = _load_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: no weight_map", "re-save the model")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise CheckpointError(
+                f"{index}: tensor '{name}' maps to {shard!r}, not a file name", "re-save the model"
+            )
+    return weight_map
+
+
 def _safetensors_files(path: Path) -> list[Path] | None:
-    """Shard files named by the index (checked to exist), the single file, or None."""
+    """Shard files named by the index (checked to exist inside the directory), the single
+    file, or None."""
     index = path / SAFE_INDEX
     if index.is_file():
-        weight_map = _load_json(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index}: no weight_map", "re-save the model")
-        files = sorted(set(weight_map.values()))
-        for f in files:
-            if not (path / f).is_file():
+        files = sorted(set(_weight_map(path, index).values()))
+        found = [_inside(path, f, SAFE_INDEX) for f in files]
+        for f, target in zip(files, found, strict=True):
+            if not target.is_file():
                 raise CheckpointError(
                     f"{path}: shard '{f}' listed in {SAFE_INDEX} is missing",
                     "the download is incomplete; fetch the missing shard",
                 )
-        return [path / f for f in files]
+        return found
     if (path / SAFE_SINGLE).is_file():
-        return [path / SAFE_SINGLE]
+        return [_inside(path, SAFE_SINGLE, "the directory")]
     return None
+
+
+def _check_index(path: Path, weight_map: dict[str, str], shards: dict[Path, set[str]]) -> None:
+    """Every tensor where the index says, and only there: a shard holding a tensor the index
+    puts elsewhere (or nowhere), or lacking one it is said to hold, is a corrupt checkpoint —
+    transformers would load one copy and silently skip the other."""
+    hint = "the checkpoint is corrupt; re-save it"
+    for shard, names in shards.items():
+        rel = shard.relative_to(path).as_posix()
+        for name in sorted(names):
+            listed = weight_map.get(name)
+            if listed is None:
+                raise CheckpointError(
+                    f"{path}: tensor '{name}' is in shard '{rel}' but not in {SAFE_INDEX}", hint
+                )
+            if Path(listed).as_posix() != rel:
+                raise CheckpointError(
+                    f"{path}: tensor '{name}' is in shard '{rel}', but {SAFE_INDEX} puts it in"
+                    f" '{listed}'",
+                    hint,
+                )
+    for name, listed in sorted(weight_map.items()):
+        if name not in shards[path / listed]:
+            raise CheckpointError(
+                f"{path}: {SAFE_INDEX} puts tensor '{name}' in shard '{listed}', which lacks it",
+                hint,
+            )
 
 
 def _load_pickled(path: Path) -> dict[str, torch.Tensor]:
     """torch.load(weights_only=True) of pytorch_model.bin (or its shards)."""
     index = path / BIN_INDEX
     files = (
-        sorted({path / f for f in _load_json(index).get("weight_map", {}).values()})
+        sorted({_inside(path, f, BIN_INDEX) for f in _weight_map(path, index).values()})
         if index.is_file()
-        else [path / BIN_SINGLE]
+        else [_inside(path, BIN_SINGLE, "the directory")]
     )
     import torch
 
@@ -133,19 +209,15 @@ def open_checkpoint(
     if files is not None:
         tensors: dict[str, TensorInfo] = {}
         headers = []
+        shards: dict[Path, set[str]] = {}
         for f in files:
             found, raw = read_safetensors_header(f)
             tensors.update(found)
+            shards[f] = set(found)
             headers.append((f.name, f.stat().st_size, raw))
         index = path / SAFE_INDEX
         if index.is_file():
-            listed = set(_load_json(index)["weight_map"])
-            missing = sorted(listed - set(tensors))
-            if missing:
-                raise CheckpointError(
-                    f"{path}: tensor '{missing[0]}' is in the index but in no shard",
-                    "the checkpoint is corrupt; re-save it",
-                )
+            _check_index(path, _weight_map(path, index), shards)
         return Checkpoint(path, config, tensors, headers)
     if (path / BIN_SINGLE).is_file() or (path / BIN_INDEX).is_file():
         if not allow_pickle:
@@ -157,3 +229,18 @@ def open_checkpoint(
         h = [(f.name, f.stat().st_size, b"") for f in sorted(path.glob("pytorch_model*.bin"))]
         return Checkpoint(path, config, {}, h, pickled=state)
     raise CheckpointError(f"{path}: no model weights (*.safetensors)", "is the download complete?")
+
+
+def open_tokenizer_source(ref: str | Path) -> Checkpoint:
+    """A model whose tokenizer files are wanted and nothing else (a merge's
+    `tokenizer_source`): no weights are opened, so a folder holding only pickled weights needs
+    no --allow-pickle and nothing in it is unpickled."""
+    from calmerge.io.export import TOKENIZER_FILES
+
+    path = resolve_ref(ref, weights=False)
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise CheckpointError(
+            f"{path}: tokenizer_source has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …)",
+            "point tokenizer_source at a folder with the tokenizer, or drop it",
+        )
+    return Checkpoint(path, {}, {}, [])

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 from calmerge.config import MergeConfig
 from calmerge.dtypes import dtype_name, merge_tag, resolve_device
 from calmerge.errors import OutputError
-from calmerge.io import export
-from calmerge.io.models import open_checkpoint
+from calmerge.io import export, outputs
+from calmerge.io.models import open_tokenizer_source
 from calmerge.merge.families import family_settings
 from calmerge.merge.mergekit_compat import load_merge_config
 from calmerge.merge.plan import MergePlan, _same_model, input_refs, plan_merge
@@ -64,9 +64,15 @@ def run_merge(
 ) -> MergeResult:
     """Validate, then merge `config` into the directory `out` (atomically). See docs/merging.md."""
     start = time.perf_counter()
-    if not isinstance(config, MergeConfig):
-        config = load_merge_config(Path(config))
+    given = None if isinstance(config, MergeConfig) else Path(config)
+    if given is not None:
+        config = load_merge_config(given)
     out = Path(out).expanduser()
+    inputs = [("merge config", given), ("tokenizer_source", config.tokenizer_source)]
+    for ref in input_refs(config):
+        role = "base model" if config.base and _same_model(ref, config.base) else "input model"
+        inputs += outputs.model_inputs(role, ref, config.base)
+    outputs.check_not_input(out, inputs, "-o")
     shard_bytes = export.parse_size(max_shard_size)
     device = resolve_device(device)
     export.check_output(out, force=force)
@@ -81,20 +87,20 @@ def run_merge(
         if on_warning:
             on_warning(w)
     export.check_output(out, force=force, needed_bytes=plan.out_bytes)
+    ref = plan.reference
+    tok = ref
+    if config.tokenizer_source:  # before any work: only its tokenizer files, never its weights
+        tok = next(
+            (
+                c
+                for c, m in zip(plan.inputs, input_refs(config), strict=True)
+                if _same_model(m, config.tokenizer_source)
+            ),
+            None,
+        ) or open_tokenizer_source(config.tokenizer_source)
     tmp = export.make_temp_dir(out)
     try:
         execute(plan, tmp, max_shard_size=shard_bytes, device=device, quiet=quiet)
-        ref = plan.reference
-        tok = ref
-        if config.tokenizer_source:
-            tok = next(
-                (
-                    c
-                    for c, m in zip(plan.inputs, input_refs(config), strict=True)
-                    if _same_model(m, config.tokenizer_source)
-                ),
-                None,
-            ) or open_checkpoint(config.tokenizer_source, allow_pickle=True)
         export.write_config(tmp, ref, dtype_name(plan.out_tag))
         export.copy_tokenizer(tmp, tok, ref)
         card = export.model_card(recipe(plan), base=config.base, extra=model_card_extra)

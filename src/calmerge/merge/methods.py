@@ -435,7 +435,14 @@ def resolve_setting(setting: Any, tensor_name: str, t: float, key: str = "") -> 
             frac = scaled - i0
             return float((1 - frac) * values[i0] + frac * values[i1])
         for cond in setting:
-            cond = dict(cond) if not isinstance(cond, dict) else cond
+            if not isinstance(cond, dict):  # a nested list, a null beside filters, …
+                scalar = bool | int | float | str
+                odd = next((e for e in setting if not isinstance(e, dict | scalar)), cond)
+                raise ConfigError(
+                    f"parameter '{key}': list entry {odd!r} is neither a number nor a "
+                    "{filter, value} mapping",
+                    "use a number, a list of numbers (a gradient), or a list of {filter, value}",
+                )
             filt = cond.get("filter")
             if filt is None or filt == "*" or (tensor_name and filt in tensor_name):
                 return resolve_setting(cond.get("value"), tensor_name, t, key)

@@ -2,7 +2,8 @@
 
 Why its own module: the card is report content (what was measured, how the point was picked,
 the verdict) that travels with the checkpoint; it reads the same Point and Verdict as the HTML
-report, so the two cannot disagree.
+report, so the two cannot disagree. Every text that comes from the user (run names) is escaped
+as the Markdown report escapes it: the card is rendered by the Hub and by editors.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from calmerge.analysis.pareto import Point
 from calmerge.analysis.verdict import Verdict
 from calmerge.eval.metrics import METRICS, label_of
+from calmerge.report.markdown import md_text
 from calmerge.report.sentences import verdict_sentences
 
 
@@ -32,9 +34,9 @@ def card_metrics(
         "## Measured by calmerge",
         "",
         f"Picked `{point.family}` λ={point.lam:g} by rule `{rule}` from sweep run {run_id}"
-        f" ({run_name}).",
+        f" ({md_text(run_name)}).",
         "",
-        *[f"- {s}" for s in verdict_sentences(verdict)],
+        *[f"- {md_text(s)}" for s in verdict_sentences(verdict)],
         "",
         "| split | metric | value | 95% interval |",
         "|---|---|---|---|",
@@ -43,6 +45,9 @@ def card_metrics(
     for split, ms in sorted(point.metrics.items()):
         for name, m in sorted(ms.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
             interval = "" if math.isnan(m.lo) else f"{m.lo:.4f} – {m.hi:.4f}"
-            lines.append(f"| {split} | {label_of(name)} (`{name}`) | {m.value:.4f} | {interval} |")
+            lines.append(
+                f"| {md_text(split)} | {md_text(label_of(name))} (`{name}`) | {m.value:.4f} |"
+                f" {interval} |"
+            )
     lines += ["", *[f"![{Path(f).stem}]({f})" for f in figures]]
     return "\n".join(lines) + "\n"

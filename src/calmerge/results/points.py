@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from calmerge.analysis.pareto import Point
+from calmerge.errors import StoreError
 from calmerge.eval.calibration import reliability_bins
 from calmerge.eval.metrics import Metric
-from calmerge.results.store import PointRecord, Prediction, ResultStore, round_lam
+from calmerge.io.checkpoint import Checkpoint
+from calmerge.results.store import PointRecord, Prediction, ResultStore, RunRecord, round_lam
 
 
 def load_points(
@@ -78,3 +80,18 @@ def point_predictions(
     if rec is None:
         return None
     return StoredPredictions({s: store.predictions(rec.id, s) for s in splits})
+
+
+def check_models_unchanged(rec: RunRecord, base: Checkpoint, aligned: Checkpoint) -> None:
+    """Refuse to act on a run whose parents are no longer the models it measured (re-trained,
+    re-downloaded, replaced): its numbers would describe weights that are not the ones written."""
+    now = {"base": base.fingerprint(), "aligned": aligned.fingerprint()}
+    for role, fingerprint in now.items():
+        then = rec.fingerprints.get(role)
+        if then is not None and then != fingerprint:
+            path = base.path if role == "base" else aligned.path
+            raise StoreError(
+                f"{path}: the {role} model changed since run {rec.id} measured it"
+                f" (fingerprint {then[:12]} then, {fingerprint[:12]} now)",
+                "re-run the sweep on the current models (a new run), or restore the old ones",
+            )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import time
@@ -24,6 +25,11 @@ from typing import Any
 from calmerge.errors import StoreError
 
 SCHEMA_VERSION = 1
+
+#: `PRAGMA application_id` of every calmerge store: 0x43414C4D, the bytes "CALM" (big-endian
+#: at offset 68 of the file, as `file(1)` reads it). Stores written before it carry 0 and are
+#: recognised by their tables and `meta.schema_version`, then stamped on first open.
+APPLICATION_ID = 0x43414C4D
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -89,6 +95,9 @@ CREATE TABLE IF NOT EXISTS generations (
     PRIMARY KEY (point_id, prompt_id, k)
 );
 """
+
+#: The tables a calmerge store may hold (read off the schema, so the two cannot disagree).
+_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
 
 STALE_SECONDS = 600.0
 
@@ -158,6 +167,9 @@ class ResultStore:
             raise StoreError(
                 f"{self.path}: is a directory, not a results store", "give a file path"
             )
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if not fresh:
+            app_id = _inspect(self.path)
         parent = self.path.parent
         if not parent.exists():
             parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +183,11 @@ class ResultStore:
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
+            if fresh or app_id != APPLICATION_ID:
+                self._conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
         except sqlite3.DatabaseError as exc:
+            if "readonly" in str(exc):
+                raise _read_only(self.path) from None
             raise StoreError(
                 f"{self.path}: not a calmerge results store ({exc})", "choose another --store path"
             ) from None
@@ -429,6 +445,73 @@ class ResultStore:
 
     def integrity_ok(self) -> bool:
         return self._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _read_only(path: Path) -> StoreError:
+    return StoreError(
+        f"{path}: the results store is read-only",
+        "make it and its folder writable (chmod u+w), or copy it to a writable --store path",
+    )
+
+
+def _inspect(path: Path) -> int:
+    """Check an existing file is a calmerge store before anything writes to it; its
+    application id. A foreign SQLite database, another schema version, a corrupt page or a
+    read-only file is refused with one line and left byte for byte as it was: it is read
+    through a read-only connection (`immutable=1` when no -wal file exists, so not even a
+    -shm file is created), with `PRAGMA quick_check`.
+    """
+    hint = "choose another --store path"
+    with path.open("rb") as fh:
+        head = fh.read(100)
+    if not head.startswith(b"SQLite format 3\x00") or len(head) < 100:
+        raise StoreError(f"{path}: not a calmerge results store (not an SQLite database)", hint)
+    app_id = int.from_bytes(head[68:72], "big", signed=True)
+    if app_id not in (0, APPLICATION_ID):
+        raise StoreError(
+            f"{path}: another application's SQLite database (application_id {app_id:#x}),"
+            " not a calmerge results store",
+            hint,
+        )
+    wal = Path(f"{path}-wal")
+    uri = f"{path.resolve().as_uri()}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=60.0)
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            version = None
+            if "meta" in tables:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                version = row[0] if row else None
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(
+            f"{path}: the results store is corrupt or unreadable ({exc})",
+            "restore it from a backup, or choose another --store path",
+        ) from None
+    if check != "ok":
+        raise StoreError(
+            f"{path}: the results store is corrupt ({check.splitlines()[0]})",
+            "restore it from a backup, or choose another --store path",
+        )
+    tables.discard("sqlite_sequence")
+    if tables and (version is None or not tables <= _TABLES):
+        raise StoreError(
+            f"{path}: another application's SQLite database (tables:"
+            f" {', '.join(sorted(tables)[:3])}), not a calmerge results store",
+            hint,
+        )
+    if version is not None and version != str(SCHEMA_VERSION):
+        raise StoreError(
+            f"{path}: results store schema version {version}; this calmerge reads version"
+            f" {SCHEMA_VERSION}",
+            "open it with the calmerge version that wrote it, or choose another --store path",
+        )
+    if not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)):
+        raise _read_only(path)
+    return app_id
 
 
 def _num(x: float | None) -> float | None:

@@ -151,6 +151,15 @@ class Sweep:
             self.cfg = cfg
         paths = {"test": cfg.data, **({"dev": cfg.dev} if cfg.dev else {})}
         self.items = {split: load_items(path) for split, path in paths.items()}
+        if "dev" in self.items and items_digest(self.items["dev"]) == items_digest(
+            self.items["test"]
+        ):
+            raise ConfigError(
+                f"--dev {cfg.dev} holds the same items as --data {cfg.data}: λ would be chosen on"
+                " the data it is reported on, while the report said it was chosen on dev",
+                "give a separate dev split, or drop --dev (the report then says the pick was"
+                " chosen on test)",
+            )
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
         self._tokenizer = load_tokenizer(
             cfg.aligned, trust_remote_code=cfg.trust_remote_code, base=cfg.base
@@ -218,7 +227,7 @@ class Sweep:
         # an adapter's live model is its base architecture: every weight is rewritten per point
         self._model, _ = load_model(
             cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
-            base=cfg.base, merge_adapter=False,
+            base=cfg.base, merge_adapter=False, allow_pickle=cfg.allow_pickle,
         )
         self._interp = LiveInterpolator(
             self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed

@@ -17,13 +17,44 @@ from calmerge.errors import DataError
 from calmerge.eval.data.items import LETTERS, Item, OpenPrompt, _item
 from calmerge.eval.data.sources import _one_split, _split_query, data_source
 
+#: bounds on a data file, checked while it is read so memory stays bounded: a line (a JSONL row,
+#: a CSV record's physical line) of at most 1 MiB, at most a million lines
+MAX_LINE_BYTES = 1 << 20
+MAX_ROWS = 1_000_000
+
+
+def _lines(path: Path, fh: Any, at: list[int] | None = None) -> Iterator[str]:
+    """The lines of binary `fh`, each read with a bound (`readline(limit)`: a 5 GB line is never
+    held) and decoded as UTF-8 on its own, so an error names the exact `path:line`."""
+    lineno = 0
+    while True:
+        lineno += 1
+        raw = fh.readline(MAX_LINE_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_LINE_BYTES:
+            raise DataError(
+                f"{path}:{lineno}: line longer than {MAX_LINE_BYTES:,} bytes",
+                "is this the right file? one item per line",
+            )
+        if lineno > MAX_ROWS:
+            raise DataError(
+                f"{path}:{lineno}: more than {MAX_ROWS:,} lines", "split the file or sample it"
+            )
+        if at is not None:
+            at[0] = lineno  # the line being parsed, for errors the csv module raises
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{path}:{lineno}: not UTF-8 text", "save the file as UTF-8") from None
+
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (line number, raw row) from JSONL or CSV; line numbers are 1-based file lines."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".ndjson"):
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, start=1):
+        with path.open("rb") as fh:
+            for lineno, line in enumerate(_lines(path, fh), start=1):
                 if not line.strip():
                     continue
                 try:
@@ -32,13 +63,28 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     raise DataError(
                         f"{path}:{lineno}: not valid JSON ({exc.msg})", "one JSON object per line"
                     ) from None
+                except RecursionError:
+                    raise DataError(
+                        f"{path}:{lineno}: JSON nested too deeply", "one flat object per line"
+                    ) from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object", "one object per line")
                 yield lineno, row
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
-            for row in reader:
+        with path.open("rb") as fh:  # lines keep their own \r\n, as newline="" would
+            at = [0]
+            reader = csv.DictReader(_lines(path, fh, at), delimiter="\t" if suffix == ".tsv" else ",")
+            rows = iter(reader)
+            while True:
+                try:
+                    row = next(rows)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # a field past csv.field_size_limit(), a stray NUL, …
+                    raise DataError(
+                        f"{path}:{at[0]}: not valid CSV ({exc})",
+                        "quote fields that contain the delimiter; keep fields under 128 KB",
+                    ) from None
                 yield reader.line_num, _csv_row(row)
     else:
         raise DataError(f"{path}: unsupported file type '{suffix}'", "use .jsonl or .csv")

@@ -19,6 +19,9 @@ from typing import Any
 from calmerge.errors import DataError
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+#: each choice is one more continuation scored per question (and a column of every batch's
+#: mask), so a row with thousands is a broken file, refused before any tokenising
+MAX_CHOICES = 256
 
 
 @dataclass(frozen=True)
@@ -86,10 +89,26 @@ def _item(row: dict[str, Any], where: str, fallback_id: str) -> Item:
             f"{where}: {len(choices)} choice(s); at least 2 are needed",
             "a multiple-choice item needs two or more choices",
         )
+    if len(choices) > MAX_CHOICES:
+        raise DataError(
+            f"{where}: {len(choices):,} choices; at most {MAX_CHOICES} are supported",
+            "is 'choices' the right column?",
+        )
     if any(not c.strip() for c in choices):
         raise DataError(f"{where}: empty choice text", "every choice needs some text")
+    item_id = str(row.get("id", fallback_id))
+    first: dict[str, int] = {}
+    for i, c in enumerate(choices):
+        if c in first:
+            # identical choices score identically, so which one "wins" depends on their order
+            raise DataError(
+                f"{where}: item '{item_id}' lists choice {c[:40]!r} twice "
+                f"(choices {first[c]} and {i})",
+                "remove the duplicate choice (a tie between identical choices is decided by order)",
+            )
+        first[c] = i
     return Item(
-        id=str(row.get("id", fallback_id)),
+        id=item_id,
         question=str(row["question"]),
         choices=choices,
         answer=_answer_index(row["answer"], len(choices), where),
