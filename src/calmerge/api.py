@@ -98,6 +98,10 @@ def diff_models(
     opts = {"allow_pickle": allow_pickle, "trust_remote_code": trust_remote_code}
     if png is not None and Path(png).is_dir():
         raise OutputError(f"{png}: is a directory", "give a .png file path")
+    if png is not None:
+        from calmerge.io.outputs import check_not_input
+
+        check_not_input(png, [("base model", base), ("aligned model", aligned)], "--png")
     b, a = open_checkpoint(base, **opts), open_checkpoint(aligned, base=base, **opts)
     deltas = layer_deltas(b, a)
     if png is not None:

@@ -1,5 +1,6 @@
-"""Bad inputs that would make a verdict claim something untrue: λ "chosen on dev" when dev is
-the test data, an export of a run whose models have changed since it was measured."""
+"""Bad inputs that would make calmerge say something untrue — λ "chosen on dev" when dev is the
+test data, a model card describing weights that changed since they were measured — and the
+`diff` chart pointed at an input."""
 
 from __future__ import annotations
 
@@ -46,3 +47,13 @@ def export_after_the_model_changed(tmp, pair):
 
 
 CASES.append(Case("export-after-model-changed", "Export of a run whose aligned model changed since", export_after_the_model_changed, "changed since run"))
+
+
+def diff_png_over_a_model_file(tmp, pair):
+    from bad_inputs.cases import copy_model
+
+    aligned = copy_model(pair[1], tmp / "aligned")
+    return ["diff", str(pair[0]), str(aligned), "--png", str(aligned / "model.safetensors")]
+
+
+CASES.append(Case("diff-png-over-model", "`diff --png` pointed at a model's weights", diff_png_over_a_model_file, "--png"))

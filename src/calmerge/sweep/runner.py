@@ -165,6 +165,12 @@ class Sweep:
             cfg.aligned, trust_remote_code=cfg.trust_remote_code, base=cfg.base
         )
         self._scorers = self._build_scorers()
+        if self.prompts:  # generation prompts rendered (template time budget) before any work
+            from calmerge.eval.generate import build_generation_prompts
+
+            build_generation_prompts(
+                self._tokenizer, self.prompts, chat=cfg.prompt_format == "chat"
+            )
         digests = {
             split: file_digest(path) if source_of(path) == "file" else items_digest(self.items[split])
             for split, path in paths.items()
