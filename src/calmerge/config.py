@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from calmerge.dtypes import Device, EvalDtype, MergeDtype
 from calmerge.errors import CalmergeError, ConfigError, did_you_mean
+from calmerge.io.text import utf8_text
 from calmerge.merge.families import FAMILIES
 from calmerge.merge.methods import get_method
 
@@ -71,12 +72,7 @@ def load_yaml(path: Path) -> dict[str, Any]:
             f"{path}: {size:,} bytes; a config file is at most {MAX_YAML_BYTES:,}",
             "is this the right file? configs are a few KB",
         )
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text", "save the file as UTF-8") from None
+    text = utf8_text(path, path.read_bytes(), ConfigError, "save the file as UTF-8")
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()

@@ -11,6 +11,7 @@ from typing import Any
 
 from calmerge.dtypes import eval_dtype, resolve_device
 from calmerge.errors import CheckpointError
+from calmerge.io.text import utf8_text
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
@@ -143,12 +144,7 @@ def _check_text_files(source: str | Path) -> None:
         f = path / name
         if not f.is_file():
             continue
-        raw = f.read_bytes()
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            raise CheckpointError(f"{f}:{line}: not UTF-8 text", "re-save the file as UTF-8") from None
+        text = utf8_text(f, f.read_bytes(), CheckpointError, "re-save the file as UTF-8")
         if name.endswith(".json"):
             try:
                 json.loads(text)
