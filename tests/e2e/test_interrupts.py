@@ -67,10 +67,10 @@ def test_a_signalled_sweep_says_what_it_kept_and_resumes(tiny_pair, tmp_path, si
 
 
 def test_an_interrupted_eval_writes_nothing(tiny_pair, tmp_path):
-    data = write_items(tmp_path / "items.jsonl", 400)
-    prompts = tmp_path / "prompts.jsonl"
+    data = write_items(tmp_path / "items.jsonl", 2000)
+    prompts = tmp_path / "prompts.jsonl"  # far more sampling than the 4 s before the signal
     prompts.write_text("\n".join(json.dumps({"id": f"p{i}", "prompt": f"Fruit {i}?"})
-                                 for i in range(40)) + "\n")
+                                 for i in range(400)) + "\n")
     out = tmp_path / "results.json"
     argv = [sys.executable, "-m", "calmerge.cli", "eval", str(tiny_pair[1]), "--data", str(data),
             "--prompts", str(prompts), "--samples", "16", "--max-new-tokens", "64",
