@@ -211,10 +211,29 @@ def test_foreign_database_left_untouched(tmp_path, wal):
     conn.close()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
+def _make_read_only(path) -> None:
+    """chmod for users; root ignores modes, so it gets the immutable flag (ext4 and most
+    Linux filesystems), which stops root's writes too."""
+    path.chmod(0o444)
+    if os.geteuid() == 0:
+        import subprocess
+
+        done = subprocess.run(["chattr", "+i", str(path)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"root, and no immutable flag here: {done.stderr.decode().strip()}")
+
+
 def test_read_only_store(tmp_path):
     f = tmp_path / "ro.db"
     ResultStore(f).close()
-    f.chmod(0o444)
-    with pytest.raises(StoreError, match="read-only"):
-        ResultStore(f)
+    before = f.read_bytes()
+    _make_read_only(f)
+    try:
+        with pytest.raises(StoreError, match="read-only"):
+            ResultStore(f)
+        assert f.read_bytes() == before
+    finally:
+        if os.geteuid() == 0:  # pytest must be able to delete tmp_path later
+            import subprocess
+
+            subprocess.run(["chattr", "-i", str(f)], capture_output=True)
