@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from calmerge.merge.engine import MergeResult
     from calmerge.organism import OrganismPaths, Recipe
     from calmerge.report import ReportPaths
-    from calmerge.report.content import Table
     from calmerge.results.store import ResultStore, RunRecord
 
 # ───────────────────────────── merge engine ─────────────────────────────
@@ -162,35 +161,6 @@ class EvalReport:
     diagram: Path | None = None
 
 
-def _eval_inputs(cfg: EvalConfig) -> list[tuple[str, str | None]]:
-    """What `calmerge eval` reads from disk: the model (and an adapter's base), its data."""
-    from calmerge.io.outputs import model_inputs
-
-    return [
-        *model_inputs("model", cfg.model),
-        ("data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
-    ]
-
-
-def _eval_output_paths(
-    output: str | None, inputs: list[tuple[str, str | None]] = ()
-) -> tuple[Path | None, Path | None]:
-    """(JSON path, PNG path beside it), checked writable before any work starts; neither may
-    be, hold or lie inside one of `inputs` (`io.outputs.check_not_input`)."""
-    from calmerge.io.outputs import check_not_input
-
-    if output is None:
-        return None, None
-    path = Path(output)
-    for written in (path, path.with_suffix(".reliability.png")):
-        check_not_input(written, inputs, "--output")
-    if path.is_dir():
-        raise OutputError(f"--output {path}: is a directory", "give a file name like results.json")
-    if not path.parent.is_dir():
-        raise OutputError(f"--output {path}: folder {path.parent} does not exist", "create it first")
-    return path, path.with_suffix(".reliability.png")
-
-
 def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     """Score `cfg.data` (and sample `cfg.prompts`) with one model; write outputs atomically.
 
@@ -198,8 +168,9 @@ def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     (`eval.evaluate`), so a user mistake leaves nothing behind.
     """
     from calmerge.eval.evaluate import evaluate_model
+    from calmerge.io.outputs import eval_inputs, eval_output_paths
 
-    out_json, out_png = _eval_output_paths(cfg.output, _eval_inputs(cfg))
+    out_json, out_png = eval_output_paths(cfg.output, eval_inputs(cfg))
     ev = evaluate_model(cfg, progress=progress)
     if out_json is None or out_png is None:
         return EvalReport(ev)
@@ -233,11 +204,11 @@ class SweepReport:
 
 def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
     """Run (or resume) a sweep, then write its report into `cfg.out`."""
-    from calmerge.io.outputs import check_not_input
+    from calmerge.io.outputs import check_not_input, check_report_dir, run_inputs
     from calmerge.sweep.runner import Sweep
 
-    check_not_input(cfg.store, _run_inputs(cfg), "--store")
-    _check_report_dir(cfg.out, cfg.store, cfg)
+    check_not_input(cfg.store, run_inputs(cfg), "--store")
+    check_report_dir(cfg.out, cfg.store, run_inputs(cfg))
     runner = Sweep(cfg)
     outcome = runner.execute(progress=progress)
     written = report(cfg.store, str(runner.run.id), Path(cfg.out), pick=cfg.pick)
@@ -355,12 +326,13 @@ def report(
 ) -> WrittenReport:
     """(Re)write the HTML/Markdown report of a run from the store alone."""
     from calmerge.analysis.pick import check_rule
-    from calmerge.io.outputs import write_marker
+    from calmerge.io.outputs import check_report_dir, run_inputs, write_marker
     from calmerge.report import write_report
-    from calmerge.report.sentences import verdict_sentences
+    from calmerge.report.examples import example_tables
+    from calmerge.report.sentences import generation_settings, verdict_sentences
 
     check_rule(pick)
-    _check_report_dir(out, store, _stored_run_config(store, run))
+    check_report_dir(out, store, run_inputs(_stored_run_config(store, run)))
     a = analyse(store, run, pick=pick)
     cfg = a.config
     meta = {
@@ -381,46 +353,9 @@ def report(
         title=a.run.name,
         meta=meta,
         temperature_scaled=a.temperature_scaled,
-        examples=example_tables(a),
+        examples=example_tables(a.db, a.run.id, a.verdict),
     )
     return WrittenReport(paths, a.verdict, verdict_sentences(a.verdict))
-
-
-def generation_settings(cfg: EvalConfig | SweepConfig) -> str:
-    """One line saying how every point's samples were drawn (the same for every λ)."""
-    stops = ", ".join(map(str, cfg.stop_token_ids)) if cfg.stop_token_ids else "the model's EOS"
-    return (
-        f"{cfg.samples} samples per prompt · temperature {cfg.temperature:g} · top-p"
-        f" {cfg.top_p:g} · at most {cfg.max_new_tokens} new tokens · stop at token ids {stops}"
-        f" · seed {cfg.seed}"
-    )
-
-
-def example_tables(a: Analysis, *, limit: int = 6) -> list[Table]:
-    """Text the report quotes: sample generations of base/aligned/pick, and test questions the
-    pick answers differently from the aligned model (what merging changed, item by item)."""
-    from calmerge.analysis.examples import changed_answers, sample_generations
-    from calmerge.analysis.pareto import point_label
-    from calmerge.report.examples import changed_table, generations_table
-    from calmerge.results.points import point_record
-
-    db, run_id, v = a.db, a.run.id, a.verdict
-    roles = [("base", v.base), ("aligned", v.aligned), ("pick", v.pick)]
-    records = [point_record(db, run_id, p.family, p.lam) for _, p in roles]
-    cols = [f"{role} ({point_label(p)})" for role, p in roles]
-    tables = []
-    prompts = db.prompts(run_id)
-    if prompts:
-        gens = [db.generations(r.id) for r in records]
-        tables.append(generations_table(cols, sample_generations(prompts, gens, limit=limit)))
-    split = v.report_split
-    items = db.items(run_id, split)
-    aligned_preds = db.predictions(records[1].id, split)
-    pick_preds = db.predictions(records[2].id, split)
-    if items and aligned_preds and pick_preds:
-        changed = changed_answers(items, aligned_preds, pick_preds, limit=limit)
-        tables.append(changed_table(split, cols[1], cols[2], changed))
-    return tables
 
 
 def export(
@@ -443,8 +378,10 @@ def export(
     from calmerge.report.figures import make_figures
 
     check_rule(pick)
-    run_inputs = [("results store", store), *_run_inputs(_stored_run_config(store, run))]
-    check_not_input(out, run_inputs, "-o")
+    from calmerge.io.outputs import run_inputs
+
+    inputs = [("results store", store), *run_inputs(_stored_run_config(store, run))]
+    check_not_input(out, inputs, "-o")
     a = analyse(store, run, pick=pick)
     point, cfg = a.verdict.pick, a.config
     from calmerge.io.models import open_checkpoint
@@ -483,37 +420,10 @@ def export(
     return path, point
 
 
-def _run_inputs(cfg: SweepConfig) -> list[tuple[str, str | None]]:
-    """What a sweep (and so its report and export) reads: both models (an adapter's base too),
-    its data and prompts — paths no output of the run may overlap (`io.outputs`)."""
-    from calmerge.io.outputs import model_inputs
-
-    return [
-        *model_inputs("base model", cfg.base),
-        *model_inputs("aligned model", cfg.aligned, cfg.base),
-        ("test data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
-    ]
-
-
 def _stored_run_config(store: str | Path, run: str | None) -> SweepConfig:
     """The run's stored config, the store closed again (nothing of it left open or written)."""
     with _open_store(store) as db:
         return stored_config(db.run(run))
-
-
-def _check_report_dir(out: str | Path, store: str | Path, cfg: SweepConfig) -> None:
-    """A report folder may hold its results store, but neither be nor hold nor lie inside an
-    input of the run, and an existing non-empty one must be calmerge's (its marker)."""
-    from calmerge.io import outputs
-
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"report output '{out}' is a file", "pass a directory with --out")
-    outputs.check_not_input(out, [("results store", store)], "--out", may_contain=True)
-    for name in ("report.html", "report.md", "figures"):
-        outputs.check_not_input(out / name, [("results store", store)], "--out")
-    outputs.check_not_input(out, _run_inputs(cfg), "--out")
-    outputs.check_owned(out, "--out", keep=outputs.store_files(store, out), force_flag=False)
 
 
 def _open_store(store: str | Path) -> ResultStore:

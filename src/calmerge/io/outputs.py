@@ -28,6 +28,7 @@ import shutil
 import signal
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from calmerge.errors import OutputError
 
@@ -259,3 +260,56 @@ def replace_dir(new: Path, out: Path) -> Path:
     else:
         shutil.rmtree(old, ignore_errors=True)
     return out
+
+
+# ───────────────────────── what each command reads, and where it may write ─────────────────────
+
+
+def eval_inputs(cfg: Any) -> list[tuple[str, str | None]]:
+    """What `calmerge eval` reads from disk: the model (and an adapter's base), its data."""
+    return [
+        *model_inputs("model", cfg.model),
+        ("data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
+    ]
+
+
+def run_inputs(cfg: Any) -> list[tuple[str, str | None]]:
+    """What a sweep (and so its report and export) reads: both models (an adapter's base too),
+    its data and prompts — paths no output of the run may overlap."""
+    return [
+        *model_inputs("base model", cfg.base),
+        *model_inputs("aligned model", cfg.aligned, cfg.base),
+        ("test data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
+    ]
+
+
+def eval_output_paths(
+    output: str | None, inputs: list[tuple[str, str | None]] = ()
+) -> tuple[Path | None, Path | None]:
+    """(JSON path, PNG path beside it), checked writable before any work starts; neither may
+    be, hold or lie inside one of `inputs`."""
+    if output is None:
+        return None, None
+    path = Path(output)
+    for written in (path, path.with_suffix(".reliability.png")):
+        check_not_input(written, inputs, "--output")
+    if path.is_dir():
+        raise OutputError(f"--output {path}: is a directory", "give a file name like results.json")
+    if not path.parent.is_dir():
+        raise OutputError(f"--output {path}: folder {path.parent} does not exist", "create it first")
+    return path, path.with_suffix(".reliability.png")
+
+
+def check_report_dir(
+    out: str | Path, store: str | Path, inputs: list[tuple[str, str | None]]
+) -> None:
+    """A report folder may hold its results store, but neither be nor hold nor lie inside an
+    input of the run, and an existing non-empty one must be calmerge's (its marker)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"report output '{out}' is a file", "pass a directory with --out")
+    check_not_input(out, [("results store", store)], "--out", may_contain=True)
+    for name in ("report.html", "report.md", "figures"):
+        check_not_input(out / name, [("results store", store)], "--out")
+    check_not_input(out, inputs, "--out")
+    check_owned(out, "--out", keep=store_files(store, out), force_flag=False)

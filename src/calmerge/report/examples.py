@@ -4,6 +4,7 @@ that both renderers (HTML, Markdown) show the same way."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from calmerge.analysis.examples import ChangedAnswer
 from calmerge.eval.metrics import GENERATION_SPLIT
@@ -41,3 +42,28 @@ def changed_table(
         ["question", "answer", aligned_col, pick_col],
         rows,
     )
+
+
+def example_tables(db: Any, run_id: int, v: Any, *, limit: int = 6) -> list[Table]:
+    """Text the report quotes: sample generations of base/aligned/pick, and test questions the
+    pick answers differently from the aligned model (what merging changed, item by item)."""
+    from calmerge.analysis.examples import changed_answers, sample_generations
+    from calmerge.analysis.pareto import point_label
+    from calmerge.results.points import point_record
+
+    roles = [("base", v.base), ("aligned", v.aligned), ("pick", v.pick)]
+    records = [point_record(db, run_id, p.family, p.lam) for _, p in roles]
+    cols = [f"{role} ({point_label(p)})" for role, p in roles]
+    tables = []
+    prompts = db.prompts(run_id)
+    if prompts:
+        gens = [db.generations(r.id) for r in records]
+        tables.append(generations_table(cols, sample_generations(prompts, gens, limit=limit)))
+    split = v.report_split
+    items = db.items(run_id, split)
+    aligned_preds = db.predictions(records[1].id, split)
+    pick_preds = db.predictions(records[2].id, split)
+    if items and aligned_preds and pick_preds:
+        changed = changed_answers(items, aligned_preds, pick_preds, limit=limit)
+        tables.append(changed_table(split, cols[1], cols[2], changed))
+    return tables

@@ -8,6 +8,7 @@ these functions, so the wording cannot differ between them.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from calmerge.analysis.pareto import point_label
 from calmerge.analysis.verdict import Verdict
@@ -101,3 +102,13 @@ def temperature_sentence(v: Verdict) -> str | None:
         else:
             cal += f" and {abs(100 * diff):.1f} points {'more' if diff > 0 else 'less'} accurate"
     return f"{head}; {cal} — temperature scaling cannot change which answer is chosen."
+
+
+def generation_settings(cfg: Any) -> str:
+    """One line saying how every point's samples were drawn (the same for every λ)."""
+    stops = ", ".join(map(str, cfg.stop_token_ids)) if cfg.stop_token_ids else "the model's EOS"
+    return (
+        f"{cfg.samples} samples per prompt · temperature {cfg.temperature:g} · top-p"
+        f" {cfg.top_p:g} · at most {cfg.max_new_tokens} new tokens · stop at token ids {stops}"
+        f" · seed {cfg.seed}"
+    )
