@@ -44,7 +44,7 @@ def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
     )
     model, tokenizer = load_model(
         cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-        allow_pickle=cfg.allow_pickle,
+        allow_pickle=cfg.allow_pickle, tokenizer=tokenizer,
     )
     scorer.check_context(context_limit(model))
     start = time.perf_counter()

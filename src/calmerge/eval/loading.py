@@ -56,8 +56,12 @@ def load_model(
     base: str | Path | None = None,
     merge_adapter: bool = True,
     allow_pickle: bool = False,
+    tokenizer: Any = None,
 ) -> tuple[Any, Any]:
     """(model in eval mode on `device` in `dtype`, tokenizer) from a directory or hub id.
+
+    `tokenizer`: the one the caller already loaded from `source` (to build prompts before the
+    model loads); it is returned instead of loading the tokenizer a second time.
 
     A LoRA adapter directory loads its base (`base`, else the adapter config's) and then peft's
     `merge_and_unload()`: a plain transformers model with the merged weights, equal to the
@@ -84,7 +88,8 @@ def load_model(
     if not allow_pickle:
         _refuse_pickle_only(weights)
     _check_config(weights)
-    tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, base=base)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, base=base)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(weights),

@@ -234,6 +234,7 @@ class Sweep:
         self._model, _ = load_model(
             cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
             base=cfg.base, merge_adapter=False, allow_pickle=cfg.allow_pickle,
+            tokenizer=self._tokenizer,
         )
         self._interp = LiveInterpolator(
             self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed
