@@ -197,7 +197,8 @@ def check_owned(
 # ───────────────────────────── rule 3: safe replacement ─────────────────────────────
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine still runs (a permission error means it does)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -217,7 +218,7 @@ def clean_leftovers(parent: str | Path) -> list[Path]:
     entries = sorted(parent.iterdir(), key=lambda p: p.name)
     for entry in entries:  # restore set-aside outputs first: they win over a half-done new one
         match = _LEFTOVER_RE.match(entry.name)
-        if not match or match["kind"] != "old" or _pid_alive(int(match["pid"])):
+        if not match or match["kind"] != "old" or pid_alive(int(match["pid"])):
             continue
         target = parent / match["name"]
         if not os.path.lexists(target):
@@ -232,7 +233,7 @@ def clean_leftovers(parent: str | Path) -> list[Path]:
             match
             and match["kind"] == "tmp"
             and entry.is_dir()
-            and not _pid_alive(int(match["pid"]))
+            and not pid_alive(int(match["pid"]))
         ):
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from calmerge.errors import StoreError
+from calmerge.io.outputs import pid_alive
 
 SCHEMA_VERSION = 1
 
@@ -119,12 +120,9 @@ def _pid_alive(worker: str | None) -> bool:
     if host != socket.gethostname():
         return True  # another host: trust the heartbeat instead
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
+        return pid_alive(int(pid))
+    except ValueError:
         return True
-    return True
 
 
 @dataclass(frozen=True)
