@@ -112,6 +112,19 @@ def lm_eval_logliks(path, scorer: Scorer) -> np.ndarray:
     return out
 
 
+
+def _scores_like_the_plain_sequence(model, reference, scorer, paths):
+    """Score with calmerge, check which paths ran (a set: any order; a list: batch by batch)
+    and that every choice equals a plain forward of `reference` on context+choice; returns
+    (scores, mask of real choices)."""
+    ours = scorer.score(model)
+    ran = set(scorer.last_paths) if isinstance(paths, set) else scorer.last_paths
+    assert ran == paths
+    mask = scorer.mask
+    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(reference, scorer)[mask],
+                               atol=1e-4, rtol=0)
+    return ours, mask
+
 @pytest.fixture(scope="module")
 def windowed(family_pair):
     """family -> (path, model via calmerge, the same via transformers' Auto class)."""
@@ -132,11 +145,7 @@ def test_long_prompts_match_lm_eval_and_plain_forward(windowed, family):
     assert min(lengths) >= 20 and max(lengths) <= 60, lengths
     assert all(len(c) >= 2 for e in scorer.encoded for c in e.continuations)
 
-    ours = scorer.score(model)
-    assert set(scorer.last_paths) == {"windowed"}
-    mask = scorer.mask
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
-                               atol=1e-4, rtol=0)
+    ours, mask = _scores_like_the_plain_sequence(model, auto, scorer, {"windowed"})
     theirs = lm_eval_logliks(path, scorer)
     np.testing.assert_allclose(ours.choice_logprobs[mask], theirs[mask], atol=1e-4, rtol=0)
 
@@ -156,23 +165,15 @@ def test_short_prompts_keep_the_packed_path(windowed):
     _, model, tok, auto = windowed["gemma3_text"]
     scorer = Scorer(tok, short_items(), template="{question}", batch_size=3)
     assert max(e.positions_needed for e in scorer.encoded) <= WINDOW
-    ours = scorer.score(model)
-    assert set(scorer.last_paths) == {"packed"}
-    mask = scorer.mask
+    ours, _ = _scores_like_the_plain_sequence(model, auto, scorer, {"packed"})
     np.testing.assert_array_equal(ours.choice_logprobs, block_mask_only(model, scorer))
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
-                               atol=1e-4, rtol=0)
 
 
 def test_mixed_batch_windows_only_where_needed(windowed):
     """Short and long items together: long batches windowed, short ones packed, all correct."""
     _, model, tok, auto = windowed["mistral"]
     scorer = Scorer(tok, [*long_items(4), *short_items()], template="{question}", batch_size=4)
-    ours = scorer.score(model)
-    assert scorer.last_paths == ["windowed", "packed"]
-    mask = scorer.mask
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
-                               atol=1e-4, rtol=0)
+    _scores_like_the_plain_sequence(model, auto, scorer, ["windowed", "packed"])
 
 
 def _tiny(cls, cfg, tmp_path):
@@ -197,11 +198,7 @@ def test_qwen2_use_sliding_window_gets_one_mask_per_layer_type(tmp_path):
         **COMMON), tmp_path)
     assert attention_plan(model.get_decoder().config) == AttentionPlan(WINDOW, (FULL, SLIDING))
     scorer = Scorer(tok, long_items(6), batch_size=3)
-    ours = scorer.score(model)
-    assert set(scorer.last_paths) == {"windowed"}
-    mask = scorer.mask
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
-                               atol=1e-4, rtol=0)
+    _scores_like_the_plain_sequence(model, auto, scorer, {"windowed"})
 
 
 def test_phi3_with_a_window_matches_lm_eval(tmp_path):
@@ -210,11 +207,7 @@ def test_phi3_with_a_window_matches_lm_eval(tmp_path):
         vocab_size=v, sliding_window=WINDOW, **{**COMMON, "num_key_value_heads": 4}), tmp_path)
     assert attention_plan(model.get_decoder().config) == AttentionPlan(WINDOW, (SLIDING,))
     scorer = Scorer(tok, long_items(6), batch_size=3)
-    ours = scorer.score(model)
-    assert set(scorer.last_paths) == {"windowed"}
-    mask = scorer.mask
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(auto, scorer)[mask],
-                               atol=1e-4, rtol=0)
+    ours, mask = _scores_like_the_plain_sequence(model, auto, scorer, {"windowed"})
     theirs = lm_eval_logliks(tmp_path, scorer)
     np.testing.assert_allclose(ours.choice_logprobs[mask], theirs[mask], atol=1e-4, rtol=0)
     wrong = np.abs(block_mask_only(model, scorer)[mask] - theirs[mask]).max()
@@ -236,11 +229,7 @@ def test_model_refusing_per_type_masks_is_scored_unpacked():
     if attention_plan(model.get_decoder().config).layer_types != (FULL, SLIDING):
         pytest.skip("this transformers drops Mistral's layer_types")
     scorer = Scorer(tok, [*long_items(4), *short_items()], template="{question}", batch_size=4)
-    ours = scorer.score(model)
-    assert scorer.last_paths == ["unpacked", "packed"]
-    mask = scorer.mask
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(model, scorer)[mask],
-                               atol=1e-4, rtol=0)
+    _scores_like_the_plain_sequence(model, model, scorer, ["unpacked", "packed"])
 
 
 def test_plan_is_read_from_the_config():
@@ -261,8 +250,4 @@ def test_multimodal_gemma3_reads_the_text_config(family_pair):
     model, tok = load_model(path, device="cpu", dtype="float32")
     assert attention_plan(model.get_decoder().config) == AttentionPlan(WINDOW, (FULL, SLIDING))
     scorer = Scorer(tok, long_items(4), batch_size=2)
-    ours = scorer.score(model)
-    assert set(scorer.last_paths) == {"windowed"}
-    mask = scorer.mask
-    np.testing.assert_allclose(ours.choice_logprobs[mask], plain_forward(model, scorer)[mask],
-                               atol=1e-4, rtol=0)
+    _scores_like_the_plain_sequence(model, model, scorer, {"windowed"})
