@@ -30,6 +30,11 @@ class Item:
 
     `delimiter` is what joins the prompt and a choice in plain format when the item needs its
     own (an lm-eval task's `target_delimiter` other than a space); None = the scorer's (" ").
+
+    `partial` is set for *partial scoring* (lm-eval's multiple-input tasks, e.g. winogrande):
+    each choice completes the context instead — choice j's prompt is the rendered question
+    followed directly by `choices[j]` — and the one shared continuation `partial` (delimiter
+    included) is what is scored under every choice's prompt. None = ordinary items.
     """
 
     id: str
@@ -38,6 +43,7 @@ class Item:
     answer: int
     subject: str = ""
     delimiter: str | None = None
+    partial: str | None = None
 
 
 @dataclass(frozen=True)
@@ -122,10 +128,11 @@ def items_digest(items: Sequence[Item]) -> str:
     A dataset or task reference names data that can change under the same name (a new revision,
     an edited YAML), so a sweep over one is identified by what was loaded, not by the reference.
     """
-    def canonical(it: Item) -> dict[str, Any]:  # items without their own delimiter hash as before
+    def canonical(it: Item) -> dict[str, Any]:  # fields left unset hash as before they existed
         d = dataclasses.asdict(it)
-        if d["delimiter"] is None:
-            del d["delimiter"]
+        for key in ("delimiter", "partial"):
+            if d[key] is None:
+                del d[key]
         return d
 
     payload = json.dumps(
