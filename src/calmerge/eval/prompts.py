@@ -8,6 +8,12 @@ added; few-shot examples become earlier user/assistant turns).
 The continuation is what gets scored: the choice text (`loglik`) or its option letter (`letter`).
 In plain format it follows the prompt after `target_delimiter` (" ", lm-eval's default; an item
 may carry its own, e.g. from an lm-eval task); after a chat generation prompt it follows directly.
+
+Partial scoring (`Item.partial`, lm-eval's multiple-input tasks such as winogrande) turns this
+around: each choice completes the *context* (prompt + choice text, no delimiter) and the one
+shared continuation `partial` is scored under every choice's context (`encode_partial`). It is
+defined for plain-format loglik scoring only, which is the form lm-eval's numbers come from; the
+other forms are refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -167,6 +173,29 @@ class PromptBuilder:
                 "--prompt-format chat: the tokenizer has no chat template",
                 "use --prompt-format plain, or a model with a chat template",
             )
+        for shot in self.fewshot:
+            if shot.partial is not None:
+                self._check_partial(shot, "few-shot example")
+
+    def _check_partial(self, item: Item, what: str = "item") -> None:
+        """Refuse the forms partial scoring has no lm-eval definition for in calmerge.
+
+        A letter target would drop the completion the question is about, and lm-eval's chat
+        form of a multiple-input task (choice-filled user turns, the continuation after the
+        generation prompt) is not reproduced here: a one-line refusal, not a guessed number.
+        """
+        if self.mode == "letter":
+            raise DataError(
+                f"{what} '{item.id}': a partial-scoring item (multiple-input task such as "
+                "winogrande) cannot be scored in --mode letter",
+                "use --mode loglik for this data",
+            )
+        if self.prompt_format == "chat":
+            raise DataError(
+                f"{what} '{item.id}': partial-scoring items (multiple-input tasks such as "
+                "winogrande) are scored in plain format only",
+                "use --prompt-format plain for this data",
+            )
 
     @property
     def _template(self) -> str:
@@ -179,17 +208,33 @@ class PromptBuilder:
             return ""
         return self.target_delimiter if item.delimiter is None else item.delimiter
 
+    def shot_text(self, shot: Item) -> str:
+        """One few-shot example in plain format: its prompt followed by its answer.
+
+        A partial-scoring example is shown as lm-eval shows a winogrande example: the sentence
+        filled with the right choice and completed, i.e. prompt + choices[answer] + partial
+        (`partial` carries its own delimiter; the choice follows the prompt directly).
+        """
+        question = render(shot, self._template, self.mode)
+        if shot.partial is not None:
+            return question + shot.choices[shot.answer] + shot.partial
+        return question + self.delimiter(shot) + targets(shot, self.mode)[shot.answer]
+
     def context(self, item: Item) -> str:
-        """The full context text (few-shot examples included) that precedes the continuation."""
+        """The full context text (few-shot examples included) that precedes the continuation.
+
+        For a partial-scoring item this is the part every choice's context shares; choice j's
+        own context is this text followed by `choices[j]` (`contexts`).
+        """
+        question = render(item, self._template, self.mode)
+        if self.prompt_format == "plain":
+            parts = [self.shot_text(s) for s in self.fewshot]
+            return self.fewshot_delimiter.join([*parts, question])
+        # chat: partial shots were refused in __post_init__
         shots = [
             (render(s, self._template, self.mode), targets(s, self.mode)[s.answer])
             for s in self.fewshot
         ]
-        question = render(item, self._template, self.mode)
-        if self.prompt_format == "plain":
-            pairs = zip(shots, self.fewshot, strict=True)
-            parts = [q + self.delimiter(s) + a for (q, a), s in pairs]
-            return self.fewshot_delimiter.join([*parts, question])
         messages: list[dict[str, str]] = []
         for q, a in shots:
             messages += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
@@ -204,12 +249,39 @@ class PromptBuilder:
         follow the tokenizer exactly as it would see the full text. Special tokens follow
         `special_tokens_kwargs` (lm-eval's rule, plain and chat alike).
         """
+        if item.partial is not None:
+            # one shared context does not exist for such an item: scoring it as if it did
+            # would be a silently wrong number, so the caller must take the other road
+            raise ValueError(f"item '{item.id}' is a partial-scoring item: use encode_partial")
         context = self.context(item)
         conts = [self.delimiter(item) + t for t in targets(item, self.mode)]
         ctx_ids, cont_ids = encode_pairs(self.tokenizer, context, conts)
         if self.mode == "letter":
             return self._letter_tokens(item, context, ctx_ids, cont_ids)
         return ctx_ids, cont_ids
+
+    def contexts(self, item: Item) -> list[str]:
+        """A partial-scoring item's per-choice context texts: the shared context followed
+        directly by each choice (lm-eval's `multiple_input_context`, plain format)."""
+        if item.partial is None:
+            raise ValueError(f"item '{item.id}' is not a partial-scoring item")
+        self._check_partial(item)
+        shared = self.context(item)
+        return [shared + choice for choice in item.choices]
+
+    def encode_partial(self, item: Item) -> list[tuple[list[int], list[int]]]:
+        """(context ids, continuation ids) per choice of a partial-scoring item.
+
+        lm-eval's requests for such an item are `[(context_j, partial) for each choice]`, each
+        split by `_encode_pair` on its own: `encode_pairs` once per choice context. The
+        continuation's tokens may differ between choices (a context's trailing whitespace moves
+        into it, and BPE merges across the boundary follow the whole string).
+        """
+        out = []
+        for context in self.contexts(item):
+            ctx_ids, (cont_ids,) = encode_pairs(self.tokenizer, context, [item.partial or ""])
+            out.append((ctx_ids, cont_ids))
+        return out
 
     def _letter_tokens(
         self, item: Item, context: str, ctx_ids: list[int], cont_ids: list[list[int]]

@@ -24,6 +24,18 @@ sliding attention, chunked attention) the scorer falls back to one plain sequenc
 batched, and lets the model build its own masks — lm-eval's computation, at the cost of the
 context being computed once per choice.
 
+Partial scoring (`Item.partial`: lm-eval's multiple-input tasks such as winogrande) has one
+context per choice and one shared continuation. It packs the same way: the shared context is the
+longest common token prefix of the choices' context tokens, each choice's branch is the rest of
+its context followed by the continuation, and only the branch's trailing continuation tokens are
+targets (`Encoded.scored`). A branch reads exactly the tokens of its plain sequence context_j +
+continuation at the same positions, so the score is lm-eval's loglikelihood of that pair. The
+common prefix may be empty (no BOS and contexts that differ from their first token): a branch
+then sees only itself, which is still its plain sequence.
+
+Greedy flags (lm-eval's `is_greedy`): a choice is greedy when every one of its target tokens is
+the argmax of the log-softmax at its position, read from the same forward as the log-probs.
+
 Prompts and token ids are built once in `Scorer.__init__`; `Scorer.score(model)` only runs
 forwards, so a sweep that rewrites the weights in place re-scores the same data cheaply.
 
@@ -50,19 +62,42 @@ __all__ = ["Metric", "ScoreResult", "Scorer", "compute_metrics", "finalize"]
 
 @dataclass(frozen=True)
 class Encoded:
-    """One question in tokens: the shared context and one continuation per choice."""
+    """One question in tokens: the shared context and one continuation (branch) per choice.
+
+    `scored[j]` is how many trailing tokens of branch j are targets; None = all of them (an
+    ordinary item, whose branch is the choice's continuation). A partial-scoring item's branch
+    starts with the part of its context not shared with the other choices, which the branch
+    reads but does not score. With an empty shared context a branch's first token has nothing
+    to be predicted from, so it can never be a target.
+    """
 
     context: tuple[int, ...]
     continuations: tuple[tuple[int, ...], ...]
+    scored: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        first = 1 if not self.context else 0  # the earliest branch index that can be a target
+        for cont, k in zip(self.continuations, self.n_scored, strict=True):
+            if not 1 <= k <= len(cont) - first:
+                raise ValueError(f"{k} scored tokens in a branch of {len(cont)} (context "
+                                 f"{len(self.context)}): no position predicts them")
+
+    @property
+    def n_scored(self) -> tuple[int, ...]:
+        """Targets per branch: `scored`, or every token of each branch."""
+        if self.scored is None:
+            return tuple(len(c) for c in self.continuations)
+        return self.scored
 
     @property
     def packed_len(self) -> int:
-        """Tokens actually fed to the model: context + each choice without its last token."""
+        """Tokens actually fed to the model: context + each branch without its last token."""
         return len(self.context) + sum(len(c) - 1 for c in self.continuations)
 
     @property
     def positions_needed(self) -> int:
-        """The largest position id used, +1: context plus the longest choice minus one."""
+        """The largest position id used, +1: context plus the longest branch minus one (for a
+        partial item: the longest plain sequence context_j + continuation, minus one)."""
         return len(self.context) + max(len(c) for c in self.continuations) - 1
 
 
@@ -106,13 +141,39 @@ class PackedBatch:
         return self._masks[key]
 
 
+def common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix all `seqs` share (0 if they differ at the start)."""
+    n = min(len(x) for x in seqs)
+    for i in range(n):
+        tok = seqs[0][i]
+        if any(x[i] != tok for x in seqs):
+            return i
+    return n
+
+
+def encode_partial(pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> Encoded:
+    """A partial-scoring item's per-choice (context ids, continuation ids) as one packed question.
+
+    The shared context is the common prefix of the context tokens only — never of context +
+    continuation, whose tokens must all be scored under their own choice's context even where
+    two choices happen to agree on them. Branch j = its context's remaining tokens + its
+    continuation, of which only the continuation is scored.
+    """
+    contexts = [tuple(c) for c, _ in pairs]
+    n = common_prefix_len(contexts)
+    branches = tuple(ctx[n:] + tuple(cont) for ctx, (_, cont) in zip(contexts, pairs, strict=True))
+    return Encoded(contexts[0][:n], branches, tuple(len(cont) for _, cont in pairs))
+
+
 def pack_batch(
     encoded: Sequence[Encoded], first_question: int, n_choices_max: int, pad_id: int
 ) -> PackedBatch:
     """Pack questions into right-padded rows with block masks and restarting positions.
 
     Padding tokens attend only to themselves so no softmax row is empty (which would give NaNs);
-    their outputs are never read.
+    their outputs are never read. Only each branch's `n_scored` trailing tokens become targets;
+    the branch's first token is read at the context's last position, so with an empty context
+    (where that position does not exist) the first token is never a target (`Encoded` checks).
     """
     import torch
 
@@ -124,22 +185,24 @@ def pack_batch(
     rows, cols, tgt, owner = [], [], [], []
     for r, enc in enumerate(encoded):
         lc = len(enc.context)
-        ids[r, :lc] = torch.tensor(enc.context)
-        pos[r, :lc] = torch.arange(lc)
-        seg[r, :lc] = 0
+        if lc:
+            ids[r, :lc] = torch.tensor(enc.context)
+            pos[r, :lc] = torch.arange(lc)
+            seg[r, :lc] = 0
         start = lc
-        for j, cont in enumerate(enc.continuations):
+        for j, (cont, k) in enumerate(zip(enc.continuations, enc.n_scored, strict=True)):
             body = cont[:-1]
             n = len(body)
             if n:
                 ids[r, start : start + n] = torch.tensor(body)
                 pos[r, start : start + n] = torch.arange(lc, lc + n)
                 seg[r, start : start + n] = j + 1
-            reads = [lc - 1, *range(start, start + n)]
-            rows += [r] * len(cont)
-            cols += reads
-            tgt += list(cont)
-            owner += [(first_question + r) * n_choices_max + j] * len(cont)
+            reads = [lc - 1, *range(start, start + n)]  # reads[i] predicts cont[i]
+            skip = len(cont) - k  # leading branch tokens that are context, not targets
+            rows += [r] * k
+            cols += reads[skip:]
+            tgt += list(cont[skip:])
+            owner += [(first_question + r) * n_choices_max + j] * k
             start += n
     idx = torch.arange(width)
     causal = idx[None, :] <= idx[:, None]  # (T, T): key <= query
@@ -167,19 +230,21 @@ def unpack_batch(
     Row = context + choice without its last token, positions 0…n−1, no mask of ours: the model
     builds its own causal (and sliding/chunked) masks, as for lm-eval's `hf` model, and the right
     padding is never seen by a real token. `allowed` is None: nothing to pass as a mask.
+    For a partial-scoring item the row is exactly lm-eval's context_j + continuation.
     """
     import torch
 
     seqs, rows, cols, tgt, owner = [], [], [], [], []
     for r, enc in enumerate(encoded):
         lc = len(enc.context)
-        for j, cont in enumerate(enc.continuations):
+        for j, (cont, k) in enumerate(zip(enc.continuations, enc.n_scored, strict=True)):
             row = len(seqs)
+            skip = len(cont) - k
             seqs.append([*enc.context, *cont[:-1]])
-            rows += [row] * len(cont)
-            cols += range(lc - 1, lc - 1 + len(cont))
-            tgt += list(cont)
-            owner += [(first_question + r) * n_choices_max + j] * len(cont)
+            rows += [row] * k
+            cols += range(lc - 1 + skip, lc - 1 + len(cont))
+            tgt += list(cont[skip:])
+            owner += [(first_question + r) * n_choices_max + j] * k
     width = max(len(x) for x in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for i, x in enumerate(seqs):
@@ -253,6 +318,8 @@ class ScoreResult:
     `choice_logprobs` are summed continuation log-likelihoods (−inf where masked); `probs` is
     the softmax over the offered choices (the model's answer distribution; in letter mode this is
     the option-letter softmax renormalised over the offered letters); `confidence` = max prob.
+    `greedy` is lm-eval's `is_greedy` per choice (every scored token is the argmax at its
+    position; False where masked), None when the scores did not come with it.
     """
 
     ids: tuple[str, ...]
@@ -266,6 +333,7 @@ class ScoreResult:
     pred_norm: np.ndarray
     correct_norm: np.ndarray
     mode: str = "loglik"
+    greedy: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -275,18 +343,19 @@ class ScoreResult:
         out = []
         for i, item_id in enumerate(self.ids):
             valid = self.mask[i]
-            out.append(
-                {
-                    "id": item_id,
-                    "answer": int(self.answer[i]),
-                    "pred": int(self.pred[i]),
-                    "pred_norm": int(self.pred_norm[i]),
-                    "correct": bool(self.correct[i]),
-                    "confidence": float(self.confidence[i]),
-                    "logprobs": [float(x) for x in self.choice_logprobs[i][valid]],
-                    "probs": [float(x) for x in self.probs[i][valid]],
-                }
-            )
+            row = {
+                "id": item_id,
+                "answer": int(self.answer[i]),
+                "pred": int(self.pred[i]),
+                "pred_norm": int(self.pred_norm[i]),
+                "correct": bool(self.correct[i]),
+                "confidence": float(self.confidence[i]),
+                "logprobs": [float(x) for x in self.choice_logprobs[i][valid]],
+                "probs": [float(x) for x in self.probs[i][valid]],
+            }
+            if self.greedy is not None:
+                row["greedy"] = [bool(x) for x in self.greedy[i][valid]]
+            out.append(row)
         return out
 
 
@@ -297,10 +366,12 @@ def finalize(
     answer: np.ndarray,
     norm_lengths: np.ndarray,
     mode: str,
+    greedy: np.ndarray | None = None,
 ) -> ScoreResult:
     """Scores → predictions: argmax (acc), argmax of ll/char-length (acc_norm), softmax probs.
 
-    Ties go to the first choice, like numpy's argmax in lm-eval.
+    Ties go to the first choice, like numpy's argmax in lm-eval. `greedy` (n×C bool, optional
+    so callers that rescale stored log-likelihoods need not invent it) is kept, masked to False.
     """
     ll = np.where(mask, logprobs, -np.inf)
     shifted = ll - ll.max(axis=1, keepdims=True)
@@ -320,6 +391,7 @@ def finalize(
         pred_norm=pred_norm,
         correct_norm=pred_norm == answer,
         mode=mode,
+        greedy=None if greedy is None else np.asarray(greedy, dtype=bool) & mask,
     )
 
 
@@ -371,6 +443,9 @@ class Scorer:
         self.norm_lengths = np.ones((n, self.n_choices))
         for i, it in enumerate(self.items):
             self.mask[i, : len(it.choices)] = True
+            # lm-eval's acc_norm divides by len() of each `doc_to_choice` string; for a
+            # multiple-input (partial) task those are the texts filling the context, i.e.
+            # `choices[j]` again, not the shared continuation — what `targets` returns
             self.norm_lengths[i, : len(it.choices)] = [float(len(t)) for t in targets(it, mode)]
         self.answer = np.array([it.answer for it in self.items])
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -390,6 +465,8 @@ class Scorer:
         self.last_paths: list[str] = []
 
     def _encode(self, item: Item) -> Encoded:
+        if item.partial is not None:
+            return encode_partial(self.builder.encode_partial(item))
         ctx, conts = self.builder.encode(item)
         return Encoded(tuple(ctx), tuple(tuple(c) for c in conts))
 
@@ -420,55 +497,67 @@ class Scorer:
         dtype = next(model.parameters()).dtype
         n = len(self.items)
         sums = torch.zeros(n * self.n_choices, dtype=torch.float64)
+        misses = torch.zeros(n * self.n_choices, dtype=torch.long)  # non-argmax targets
         self.last_paths = []
         with torch.inference_mode(), _maybe_progress(progress, len(self.batches)) as advance:
             for b, batch in enumerate(self.batches):
-                lp = self._batch_logprobs(model, decoder, plan, dtype, b, batch)
+                lp, hit = self._batch_logprobs(model, decoder, plan, dtype, b, batch)
                 sums.index_add_(0, batch.owner, lp.double().cpu())
+                misses.index_add_(0, batch.owner, (~hit).long().cpu())
                 advance()
-        sorted_ll = sums.view(n, self.n_choices).numpy()
-        ll = np.empty_like(sorted_ll)
-        ll[self.order] = sorted_ll
+        ll = np.empty((n, self.n_choices))
+        ll[self.order] = sums.view(n, self.n_choices).numpy()
+        greedy = np.empty((n, self.n_choices), dtype=bool)
+        greedy[self.order] = misses.view(n, self.n_choices).numpy() == 0
         ids = [it.id for it in self.items]
-        return finalize(ids, ll, self.mask, self.answer, self.norm_lengths, self.mode)
+        return finalize(
+            ids, ll, self.mask, self.answer, self.norm_lengths, self.mode, greedy=greedy
+        )
 
     def _batch_logprobs(
         self, model: Any, decoder: Any, plan: AttentionPlan, dtype: Any, b: int,
         batch: PackedBatch,
-    ) -> Any:
-        """One batch by the cheapest form that reproduces the plain sequence (see module doc)."""
+    ) -> tuple[Any, Any]:
+        """(log-probs, greedy hits) of one batch's targets, by the cheapest form that
+        reproduces the plain sequence (see module doc)."""
         if plan.pack and (plan.window is None or batch.positions <= plan.window):
             # every query position < window: the window hides nothing, today's exact mask
             self.last_paths.append("packed")
-            return _target_logprobs(model, batch, batch.additive_mask(dtype))
+            return _target_scores(model, batch, batch.additive_mask(dtype))
         if plan.pack and type(decoder) not in self._dict_refused:
             local = batch.additive_mask(dtype, plan.window)
             if plan.layer_types == (SLIDING,):
                 self.last_paths.append("windowed")
-                return _target_logprobs(model, batch, local)
+                return _target_scores(model, batch, local)
             masks = {FULL: batch.additive_mask(dtype), SLIDING: local}
             try:
-                lp = _target_logprobs(model, batch, masks)
+                scores = _target_scores(model, batch, masks)
             except (AttributeError, TypeError, KeyError):
                 # a model that reads one mask for all layers fails on the dict (it has no
                 # shape); it cannot be given per-layer masks, so it builds its own, unpacked
                 self._dict_refused.add(type(decoder))
             else:
                 self.last_paths.append("windowed")
-                return lp
+                return scores
         if b not in self._unpacked:
             s = b * self.batch_size
             group = [self.encoded[i] for i in self.order[s : s + self.batch_size]]
             self._unpacked[b] = unpack_batch(group, s, self.n_choices, self._pad)
         self.last_paths.append("unpacked")
-        return _target_logprobs(model, self._unpacked[b], None)
+        return _target_scores(model, self._unpacked[b], None)
 
 
 def _target_logprobs(model: Any, batch: PackedBatch, mask: Any) -> Any:
-    """float32 log p(target) for every target of a batch (one forward).
+    """float32 log p(target) for every target of a batch (one forward); see `_target_scores`."""
+    return _target_scores(model, batch, mask)[0]
+
+
+def _target_scores(model: Any, batch: PackedBatch, mask: Any) -> tuple[Any, Any]:
+    """(float32 log p(target), target is the argmax) for every target of a batch, one forward.
 
     `mask`: the 4-D additive mask for all layers, a dict of them per layer type, or None for an
-    unpacked batch (plain positions; the model builds its own masks).
+    unpacked batch (plain positions; the model builds its own masks). The argmax is taken over
+    the log-softmax, as lm-eval's `is_greedy` is (ties go to the first token, as in torch).
     """
     import torch
 
@@ -497,7 +586,8 @@ def _target_logprobs(model: Any, batch: PackedBatch, mask: Any) -> Any:
     if isinstance(scale, float):
         logits = logits * scale
     logp = torch.log_softmax(logits, dim=-1)
-    return logp.gather(1, batch.target.to(device)[:, None])[:, 0]
+    target = batch.target.to(device)
+    return logp.gather(1, target[:, None])[:, 0], logp.argmax(dim=-1) == target
 
 
 class _maybe_progress:
