@@ -9,7 +9,7 @@ typed results. Heavy modules (torch, numpy, transformers) are imported inside th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -265,6 +265,8 @@ class Analysis:
     points: list[Point]
     verdict: Verdict
     temperature_scaled: dict[str, Metric] | None
+    #: a multi-task run: each task's own verdict (its own pick); empty otherwise
+    task_verdicts: dict[str, Verdict] = field(default_factory=dict)
 
 
 def stored_config(rec: RunRecord) -> SweepConfig:
@@ -289,7 +291,7 @@ def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Ana
     db = _open_store(store)
     rec = db.run(run)
     cfg = stored_config(rec)
-    points = load_points(db, rec.id, n_bins=cfg.n_bins)
+    points = load_points(db, rec.id, n_bins=cfg.n_bins, aggregate=cfg.aggregate)
     if not points:
         raise StoreError(f"run {rec.id} has no finished points", "run or resume the sweep first")
     splits = {s for p in points for s in p.metrics}
@@ -299,6 +301,16 @@ def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Ana
         if aligned is not None
         else None
     )
+    if ts is not None and cfg.multi_task:
+        # calibration is pooled over the tasks with gold; a temperature changes no answer, so
+        # the accuracies are the aligned model's own aggregate ones
+        from calmerge.analysis.pareto import find_lam
+
+        own = find_lam(points, "linear", 1.0)
+        for name in ("acc", "acc_norm"):
+            m = own.metrics.get("test", {}).get(name) if own is not None else None
+            if m is not None:
+                ts[name] = m
     v = make_verdict(
         points,
         select_split="dev" if "dev" in splits else "test",
@@ -309,7 +321,12 @@ def analyse(store: str | Path, run: str | None, *, pick: str = "max-acc") -> Ana
         n_boot=cfg.n_boot,
         seed=cfg.seed,
     )
-    return Analysis(db, rec, cfg, points, v, ts)
+    from calmerge.analysis.verdict import task_verdicts
+
+    per_task = task_verdicts(
+        points, rule=pick, objectives=cfg.objectives, n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    return Analysis(db, rec, cfg, points, v, ts, per_task)
 
 
 @dataclass(frozen=True)
@@ -329,7 +346,7 @@ def report(
     from calmerge.io.outputs import check_report_dir, run_inputs, write_marker
     from calmerge.report import write_report
     from calmerge.report.examples import example_tables
-    from calmerge.report.sentences import generation_settings, verdict_sentences
+    from calmerge.report.sentences import data_meta, generation_settings, verdict_sentences
 
     check_rule(pick)
     check_report_dir(out, store, run_inputs(_stored_run_config(store, run)))
@@ -339,8 +356,7 @@ def report(
         "run": f"{a.run.id} ({a.run.config_hash})",
         "base": cfg.base,
         "aligned": cfg.aligned,
-        "test data": cfg.data,
-        "dev data": cfg.dev or "none (pick chosen on test)",
+        **data_meta(cfg),
         "scoring": f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}",
         **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
         "store": str(Path(store)),
@@ -354,6 +370,7 @@ def report(
         meta=meta,
         temperature_scaled=a.temperature_scaled,
         examples=example_tables(a.db, a.run.id, a.verdict),
+        task_verdicts=a.task_verdicts,
     )
     return WrittenReport(paths, a.verdict, verdict_sentences(a.verdict))
 

@@ -271,8 +271,9 @@ def sweep_cmd(
     config: Annotated[Path | None, typer.Argument(help="YAML sweep config (flags override it).")] = None,
     base: Annotated[str | None, typer.Option(help="Pre-alignment model (dir or hub id).")] = None,
     aligned: Annotated[str | None, typer.Option(help="Aligned model (dir or hub id).")] = None,
-    data: Annotated[str | None, typer.Option(help="Test items: JSONL/CSV, hf:… or lmeval:…")] = None,
-    dev: Annotated[str | None, typer.Option(help="Dev items (same forms as --data): λ is chosen here.")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Test items: JSONL/CSV, hf:… or lmeval:… (repeat for several tasks; an lmeval task's include_path runs that folder's !function Python).")] = None,
+    dev: Annotated[list[str] | None, typer.Option(help="Dev items (same forms as --data): λ is chosen here; once per --data, in order.")] = None,
+    aggregate: Annotated[str | None, typer.Option(help="Several tasks: acc is their mean (macro) or item-weighted (micro).")] = None,
     prompts: Annotated[str | None, typer.Option(help="Open-ended prompts (JSONL) for diversity.")] = None,
     grid: Annotated[str | None, typer.Option(help="λ grid: '0,0.5,1' or '0:1:0.1'.")] = None,
     extrapolate: Annotated[str | None, typer.Option(help="λ beyond the parents, e.g. '1.1,1.2' (default: 1.1,1.2 with the default grid only).")] = None,
@@ -300,10 +301,11 @@ def sweep_cmd(
 ) -> None:
     """Sweep merges between BASE and ALIGNED, evaluate each, report the Pareto frontier."""
     from calmerge import api
-    from calmerge.config import load_sweep_config, parse_grid
+    from calmerge.config import load_sweep_config, parse_grid, task_overrides
 
     overrides = {
-        "base": base, "aligned": aligned, "data": data, "dev": dev, "prompts": prompts,
+        "base": base, "aligned": aligned, **task_overrides(data, dev), "aggregate": aggregate,
+        "prompts": prompts,
         "grid": parse_grid(grid) if grid else None, "extrapolate": () if no_extrapolate else (parse_grid(extrapolate, "--extrapolate") if extrapolate else None),
         "refine": False if no_refine else None, "resolution": resolution,
         "families": tuple(family) if family else None, "mode": mode,

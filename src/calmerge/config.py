@@ -6,6 +6,8 @@ Sections, one per subsystem.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -143,9 +145,15 @@ def validate(model: type[BaseModel], data: dict[str, Any], source: str) -> Any:
         raise config_error(exc, model, source) from None
 
 
+_BRANCH = re.compile(r"^(str|int|float|bool|(tuple|list|dict)\[.*\])$")
+
+
 def config_error(exc: ValidationError, model: type[BaseModel], source: str) -> ConfigError:
     """The first pydantic error as a ConfigError with 'did you mean' for unknown keys."""
-    err = exc.errors()[0]
+    # a union field (`data`: one reference or a list of tasks) reports one error per branch:
+    # the deepest is the one about what the user wrote, and the branch names are not theirs
+    err = max(exc.errors(), key=lambda e: len(e["loc"]))
+    err = {**err, "loc": tuple(p for p in err["loc"] if not _BRANCH.match(str(p)))}
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
     if err["type"] == "extra_forbidden":
         key = str(err["loc"][-1])
@@ -253,12 +261,11 @@ class EvalSettings(Frozen):
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
-    @field_validator("fewshot")
-    @classmethod
-    def _fewshot_needs_dev(cls, v: int, info: Any) -> int:
-        if v and not info.data.get("dev"):
-            raise ValueError("few-shot examples come from a dev split: pass --dev too")
-        return v
+
+
+def _check_fewshot(fewshot: int | None, dev: str | None, where: str = "") -> None:
+    if fewshot and not dev:
+        raise ValueError(f"few-shot examples come from a dev split: pass --dev too{where}")
 
 
 class EvalConfig(EvalSettings):
@@ -267,6 +274,32 @@ class EvalConfig(EvalSettings):
     model: str
     data: str
     output: str | None = None
+
+    @model_validator(mode="after")
+    def _fewshot_needs_dev(self) -> EvalConfig:
+        _check_fewshot(self.fewshot, self.dev)
+        return self
+
+
+class TaskSpec(Frozen):
+    """One task of a multi-task sweep: its data, its own dev split and prompt settings.
+
+    A setting left None takes the sweep's top-level value, so a sweep YAML states only what
+    differs per task (an lm-eval task wants `{question}` and loglik, a letter-scored file
+    another template).
+    """
+
+    data: str
+    dev: str | None = None
+    name: str | None = Field(None, min_length=1, max_length=80, pattern=r"^[^@\s/][^@/]*$")
+    fewshot: int | None = Field(None, ge=0, le=64)
+    mode: Literal["loglik", "letter"] | None = None
+    prompt_template: str | None = None
+    prompt_format: Literal["plain", "chat"] | None = None
+
+
+#: the TaskSpec fields a task inherits from the sweep when it leaves them unset
+TASK_SETTINGS: tuple[str, ...] = ("fewshot", "mode", "prompt_template", "prompt_format")
 
 
 # ───────────────────────────── sweep ─────────────────────────────
@@ -280,7 +313,12 @@ class SweepConfig(EvalSettings):
 
     base: str
     aligned: str
-    data: str
+    #: one data reference (a single-task sweep, splits "test"/"dev"), or several tasks
+    #: (references or TaskSpec mappings): each scored at every point under its own name
+    data: str | tuple[TaskSpec, ...]
+    #: what the aggregate `acc` of a multi-task sweep is: the mean of the tasks' accuracies
+    #: (macro, every task counts the same) or of all items (micro, big tasks count more)
+    aggregate: Literal["macro", "micro"] = "macro"
     name: str | None = None
     grid: tuple[float, ...] = DEFAULT_GRID
     #: None: the extrapolation points 1.1, 1.2 with the default grid, none with a grid the user
@@ -295,6 +333,54 @@ class SweepConfig(EvalSettings):
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
     out: str = "calmerge-report"
+
+    @field_validator("data", mode="before")
+    @classmethod
+    def _tasks(cls, v: Any) -> Any:
+        if isinstance(v, list | tuple):
+            if not v:
+                raise ValueError("no data: give at least one task")
+            if len(v) > MAX_TASKS:
+                raise ValueError(f"{len(v):,} tasks; at most {MAX_TASKS}")
+            return tuple({"data": t} if isinstance(t, str) else t for t in v)
+        return v
+
+    @model_validator(mode="after")
+    def _task_settings(self) -> SweepConfig:
+        if isinstance(self.data, tuple):
+            if self.dev is not None:
+                raise Choice(ConfigError(
+                    "'dev' is given once for several tasks",
+                    "give each task its own dev split (data: [{data: X, dev: Y}, …], or"
+                    " --dev once per --data, in the same order)",
+                ))
+            for i, t in enumerate(self.data):
+                fewshot = self.fewshot if t.fewshot is None else t.fewshot
+                _check_fewshot(fewshot, t.dev, f" for task {i + 1} ({t.data})")
+        else:
+            _check_fewshot(self.fewshot, self.dev)
+        return self
+
+    def tasks(self) -> tuple[TaskSpec, ...]:
+        """Every task with the sweep's settings filled in where it left them unset.
+
+        A single data reference is one task with the top-level dev and settings; its splits
+        keep their plain names ("test", "dev"), as in a store written before multi-task sweeps.
+        """
+        if isinstance(self.data, str):
+            specs = (TaskSpec(data=self.data, dev=self.dev),)
+        else:
+            specs = self.data
+        return tuple(
+            t.model_copy(update={
+                k: getattr(self, k) for k in TASK_SETTINGS if getattr(t, k) is None
+            })
+            for t in specs
+        )
+
+    @property
+    def multi_task(self) -> bool:
+        return isinstance(self.data, tuple) and len(self.data) > 1
 
     @field_validator("grid", "extrapolate", mode="before")
     @classmethod
@@ -359,16 +445,24 @@ class SweepConfig(EvalSettings):
         starts a new run) unless it is excluded here with a reason — a setting forgotten on a
         hand-kept list would silently reuse results computed under another value.
         """
-        return {
+        identity = {
             k: getattr(self, k) for k in type(self).model_fields if k not in IDENTITY_EXCLUDED
         }
+        if isinstance(self.data, tuple):  # each task's own settings change its numbers
+            identity["tasks"] = [
+                t.model_dump(exclude={"data", "dev"}) for t in self.tasks()
+            ]
+        else:  # a single-task sweep's identity is what it was before multi-task sweeps
+            identity.pop("aggregate")
+        return identity
 
 
 #: SweepConfig fields that do not change any stored number, each with the reason.
 IDENTITY_EXCLUDED: dict[str, str] = {
     "base": "identified by the checkpoint's fingerprint, not its path",
     "aligned": "identified by the checkpoint's fingerprint, not its path",
-    "data": "identified by the sha256 of the items, not the path",
+    "data": "identified by the sha256 of the items, not the path (a task's settings are"
+    " added by eval_identity)",
     "dev": "identified by the sha256 of the items, not the path",
     "prompts": "identified by the sha256 of the file, not the path",
     "name": "a label",
@@ -392,6 +486,9 @@ IDENTITY_EXCLUDED: dict[str, str] = {
 #: the most λ points a grid may list or generate: each is a full evaluation of the model, so
 #: more is a typo (a step of 1e-9), and it is refused before a single value is built
 MAX_GRID_POINTS = 10_000
+#: the most tasks one sweep scores: each is scored at every point; more is a generated list gone
+#: wrong (lm-eval groups such as mmlu count as one task, however many subtasks they hold)
+MAX_TASKS = 64
 
 
 def parse_grid(text: str, flag: str = "--grid") -> tuple[float, ...]:
@@ -425,6 +522,27 @@ def parse_grid(text: str, flag: str = "--grid") -> tuple[float, ...]:
         return tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise bad from None
+
+
+def task_overrides(data: Sequence[str] | None, dev: Sequence[str] | None) -> dict[str, Any]:
+    """`--data`/`--dev` as given on the command line → the config's `data` (and `dev`).
+
+    One `--data`: a single-task sweep, as before. Several: one task each, the i-th `--dev`
+    belonging to the i-th `--data` (so either no `--dev` or one per `--data`).
+    """
+    data, dev = list(data or []), list(dev or [])
+    if len(data) <= 1:
+        if len(dev) > 1:
+            raise ConfigError(
+                f"{len(dev)} --dev for {len(data) or 'no'} --data", "give one --dev per --data"
+            )
+        return {"data": data[0] if data else None, "dev": dev[0] if dev else None}
+    if dev and len(dev) != len(data):
+        raise ConfigError(
+            f"{len(dev)} --dev for {len(data)} --data: which dev split belongs to which task?",
+            "give one --dev per --data, in the same order (or none)",
+        )
+    return {"data": [{"data": d, **({"dev": dev[i]} if dev else {})} for i, d in enumerate(data)]}
 
 
 def load_sweep_config(path: Path | None, overrides: dict[str, Any]) -> SweepConfig:

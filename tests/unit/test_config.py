@@ -25,8 +25,29 @@ def test_identity_is_every_field_not_excluded():
     fields = set(SweepConfig.model_fields)
     assert set(IDENTITY_EXCLUDED) <= fields, "an exclusion names a field that no longer exists"
     assert all(reason.strip() for reason in IDENTITY_EXCLUDED.values())
-    assert set(cfg.eval_identity()) == fields - set(IDENTITY_EXCLUDED)
+    # a single-task sweep keeps the identity stores written before multi-task sweeps carry
+    assert set(cfg.eval_identity()) == fields - set(IDENTITY_EXCLUDED) - {"aggregate"}
     assert set(cfg.eval_identity()) == IDENTITY
+    multi = SweepConfig(**{**BASE, "data": ["a.jsonl", {"data": "b.jsonl", "mode": "letter"}]})
+    assert set(multi.eval_identity()) == fields - set(IDENTITY_EXCLUDED) | {"tasks"}
+
+
+def test_task_settings_inherit_and_change_the_run():
+    from calmerge.sweep.runner import config_hash, plan_identity
+
+    cfg = SweepConfig(**{**BASE, "prompt_template": "{question}",
+                         "data": ["a.jsonl", {"data": "b.jsonl", "mode": "letter", "name": "b"}]})
+    a, b = cfg.tasks()
+    assert (a.mode, a.prompt_template, b.mode, b.prompt_template, b.name) == (
+        "loglik", "{question}", "letter", "{question}", "b")
+
+    def run_hash(c):
+        return config_hash(plan_identity(c, {"base": "x", "aligned": "y"}, {"test": "z"}))
+
+    other = SweepConfig(**{**BASE, "prompt_template": "{question}",
+                           "data": ["a.jsonl", {"data": "b.jsonl", "name": "b"}]})
+    assert run_hash(cfg) != run_hash(other)  # a task's own mode is part of the run
+    assert run_hash(cfg) != run_hash(cfg.model_copy(update={"aggregate": "micro"}))
 
 
 @pytest.mark.parametrize("field,value", [("n_bins", 15), ("temperature", 0.7), ("density", 0.3)])

@@ -36,7 +36,12 @@ class Point:
     lam: float
     metrics: dict[str, dict[str, Metric]]
     reliability: dict[str, list[dict]]
+    #: per split, each item's contribution to accuracy (0/1 correctness, or a task's own
+    #: per-item score); `weights` (None: equal) and `strata` (the task of each item; None: one
+    #: task) say how they make the split's accuracy and how the paired bootstrap resamples them
     correct: dict[str, np.ndarray] | None = None
+    weights: dict[str, np.ndarray] | None = None
+    strata: dict[str, np.ndarray] | None = None
 
 
 # ─────────────────────────────────────── objectives ──────────────────────────────────────────
@@ -62,11 +67,16 @@ def value_of(point: Point, name: str, split: str) -> float:
 
 def default_objectives(points: Sequence[Point], split: str) -> tuple[str, ...]:
     """acc ↑ and ece ↓, plus the most preferred diversity metric (lowest `diversity_rank`)
-    that every point has, if any."""
+    that every point has, if any. ECE is left out where no point has it (a task scored by its
+    own metric, such as truthfulqa_mc2, defines no top-label calibration)."""
+    base = tuple(
+        m for m in DEFAULT_OBJECTIVES
+        if m == "acc" or any(metric_of(p, m, split) is not None for p in points)
+    )
     for spec in diversity_candidates():
         if points and all(metric_of(p, spec.name, split) is not None for p in points):
-            return (*DEFAULT_OBJECTIVES, spec.name)
-    return DEFAULT_OBJECTIVES
+            return (*base, spec.name)
+    return base
 
 
 def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:

@@ -24,6 +24,7 @@ from calmerge.analysis.pareto import (
 from calmerge.analysis.pick import _nan_low, pick
 from calmerge.errors import ConfigError
 from calmerge.eval.metrics import Metric
+from calmerge.splits import parse_split, split_key
 
 # ─────────────────────────────────────── the verdict ─────────────────────────────────────────
 
@@ -36,6 +37,8 @@ def paired_gain_interval(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    weights: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
 ) -> Metric:
     """Accuracy of the pick minus that of the better parent, with a paired bootstrap interval.
 
@@ -44,6 +47,11 @@ def paired_gain_interval(
     interval; and taking the better parent *within* each resample makes the interval answer
     "above both parents" rather than "above the parent that happened to win on the full data".
     Percentile interval; values are accuracy fractions (0.021 = 2.1 points).
+
+    Per-item values may be scores rather than 0/1 (a task's own metric), with `weights` (an
+    aggregate over tasks, a group of equal-weight tasks: accuracy is the weighted mean) and
+    `strata` (the task of each item: every replicate resamples items within each task, so
+    each task keeps its size, as the aggregate's own interval does).
     """
     arrs = [
         np.asarray(a, dtype=float).ravel() for a in (pick_correct, base_correct, aligned_correct)
@@ -54,17 +62,23 @@ def paired_gain_interval(
     if n == 0:
         nan = float("nan")
         return Metric(nan, nan, nan)
-    value = arrs[0].mean() - max(arrs[1].mean(), arrs[2].mean())
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=float).ravel()
+    stacked = np.stack(arrs)  # (3, n)
+    acc = stacked @ w / w.sum()
+    value = acc[0] - max(acc[1], acc[2])
     if n_boot <= 0:  # no resamples asked for (--n-boot 0): a gain without an interval
         return Metric(float(value), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
-    stacked = np.stack(arrs)  # (3, n)
+    groups = [np.arange(n)] if strata is None else [
+        np.flatnonzero(strata == s) for s in np.unique(strata)
+    ]
     gains = np.empty(n_boot)
     chunk = max(1, min(n_boot, 4_000_000 // max(n, 1)))
     for start in range(0, n_boot, chunk):
         k = min(chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(k, n))
-        acc = stacked[:, idx].mean(axis=2)  # (3, k)
+        idx = np.concatenate([g[rng.integers(0, g.size, size=(k, g.size))] for g in groups], axis=1)
+        ww = w[idx]  # (k, n)
+        acc = (stacked[:, idx] * ww).sum(axis=2) / ww.sum(axis=1)  # (3, k)
         gains[start : start + k] = acc[0] - np.maximum(acc[1], acc[2])
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(gains, [alpha, 1.0 - alpha])
@@ -152,7 +166,10 @@ def verdict(
     corr = [p.correct.get(rs) if p.correct else None for p in (chosen, base, aligned)]
     have_items = all(c is not None and len(c) > 0 for c in corr)
     if have_items:
-        gain = paired_gain_interval(*corr, n_boot=n_boot, seed=seed)
+        gain = paired_gain_interval(
+            *corr, n_boot=n_boot, seed=seed,
+            weights=(chosen.weights or {}).get(rs), strata=(chosen.strata or {}).get(rs),
+        )
     else:
         nan = float("nan")
         gain = Metric(acc["pick"] - acc[best_parent], nan, nan)
@@ -176,3 +193,30 @@ def verdict(
         ece=ece,
         temperature_scaled=temperature_scaled,
     )
+
+
+def task_names(points: Sequence[Point]) -> list[str]:
+    """The tasks of a multi-task run, from its per-task splits ("test@mmlu"), sorted."""
+    return sorted({t for s in _splits(points) if (t := parse_split(s)[1]) is not None})
+
+
+def task_verdicts(
+    points: Sequence[Point],
+    *,
+    rule: str = "max-acc",
+    objectives: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Verdict]:
+    """Each task's own verdict: λ picked on that task's dev (else its test) by the same rule,
+    tested on its test split against both parents — "which λ would this task alone choose,
+    and is it Pareto-superior there?". Empty for a single-task run."""
+    out = {}
+    for task in task_names(points):
+        test = split_key("test", task)
+        objs = tuple(objectives) if objectives else default_objectives(points, test)
+        out[task] = verdict(
+            points, select_split=split_key("dev", task), report_split=test, rule=rule,
+            objectives=objs, n_boot=n_boot, seed=seed,
+        )
+    return out

@@ -51,8 +51,9 @@ class Metric:
 
 Direction = Literal["max", "min"]
 #: "choices": computed from the scored multiple-choice items of each split;
-#: "generations": from sampled generations, which do not depend on the split.
-Source = Literal["choices", "generations"]
+#: "generations": from sampled generations, which do not depend on the split;
+#: "tasks": combined from the tasks' own values in a multi-task sweep (`eval.aggregate`).
+Source = Literal["choices", "generations", "tasks"]
 SOURCES: tuple[str, ...] = get_args(Source)
 #: the split name generation metrics are stored under (and that objectives fall back to)
 GENERATION_SPLIT = "gen"
@@ -174,6 +175,22 @@ def generation_metric(
     return deco
 
 
+TasksFn = Callable[[Sequence[dict[str, "Metric"]], Sequence[int]], float]
+
+
+def task_metric(
+    name: str, direction: Direction, *, label: str, unit: str, percent: bool = False
+) -> Callable[[TasksFn], TasksFn]:
+    """Register `fn(metrics of each task, item count of each task) -> float`: a metric of a
+    multi-task sweep's aggregate split, combined from the tasks' own values."""
+
+    def deco(fn: TasksFn) -> TasksFn:
+        METRICS.add(name, MetricSpec(name, direction, label, unit, "tasks", fn, percent=percent))
+        return fn
+
+    return deco
+
+
 def _mean_over_prompts(fn: PromptFn, name: str) -> SamplesFn:
     def over_prompts(samples: Sequence[Sequence[str]]) -> float:
         return float(np.mean([fn(list(g)) for g in samples]))
@@ -286,6 +303,28 @@ generation_metric("embed_distance", "max", label="embedding diversity",
                   needs_embedder=True)(div.embedding_distance)
 
 
+def _over_tasks(metric: str, weighted: bool) -> TasksFn:
+    def combine(tasks: Sequence[dict[str, Metric]], sizes: Sequence[int]) -> float:
+        values = np.array([t[metric].value for t in tasks])
+        w = np.asarray(sizes, dtype=float) if weighted else np.ones(len(values))
+        return float(values @ w / w.sum())
+
+    combine.__doc__ = f"The tasks' {metric}, {'item-weighted' if weighted else 'each task equal'}."
+    return combine
+
+
+# a multi-task sweep's aggregates (its `acc` is one of the first two, as `aggregate` says); like
+# lm-eval groups: macro = `weight_by_size: false`, micro = `weight_by_size: true`
+for _m, _label in (("acc", "accuracy"), ("acc_norm", "accuracy (length-normalised)")):
+    task_metric(f"{_m}_macro", "max", label=f"{_label}, mean over tasks", unit="fraction",
+                percent=True)(_over_tasks(_m, weighted=False))
+    task_metric(f"{_m}_micro", "max", label=f"{_label}, item-weighted over tasks",
+                unit="fraction", percent=True)(_over_tasks(_m, weighted=True))
+task_metric("ece_macro", "min", label="ECE, mean over tasks", unit="probability")(
+    _over_tasks("ece", weighted=False))
+
+
+
 # ───────────────────────────── measuring ─────────────────────────────
 
 
@@ -315,6 +354,21 @@ def compute_metrics(
     n = len(view["correct"])
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, n, size=(n_boot, n)) if n_boot > 0 and n > 1 else None
+    return view_metrics(view, draws=draws, n_bins=n_bins)
+
+
+def choice_view(result: Any) -> View:
+    """The per-item arrays the choice metrics read, from a ScoreResult (or anything with its
+    `correct`, `correct_norm`, `confidence`, `probs` and `answer`)."""
+    return _view(result)
+
+
+def view_metrics(
+    view: View, *, draws: np.ndarray | None, n_bins: int = 10
+) -> dict[str, Metric]:
+    """The choice metrics of per-item arrays, with intervals from the given resamples (B, n)
+    of item indices (None: no interval). Callers that resample within strata (the tasks of a
+    multi-task sweep) draw their own; `compute_metrics` draws plain ones."""
     resamples: dict[int, Resamples] = {}
     out: dict[str, Metric] = {}
     for spec in specs("choices"):

@@ -277,10 +277,13 @@ def eval_inputs(cfg: Any) -> list[tuple[str, str | None]]:
 def run_inputs(cfg: Any) -> list[tuple[str, str | None]]:
     """What a sweep (and so its report and export) reads: both models (an adapter's base too),
     its data and prompts — paths no output of the run may overlap."""
+    data = [("test data", t.data) for t in cfg.tasks()] + [
+        ("dev data", t.dev) for t in cfg.tasks()
+    ]
     return [
         *model_inputs("base model", cfg.base),
         *model_inputs("aligned model", cfg.aligned, cfg.base),
-        ("test data", cfg.data), ("dev data", cfg.dev), ("prompts file", cfg.prompts),
+        *data, ("prompts file", cfg.prompts),
     ]
 
 

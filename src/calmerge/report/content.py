@@ -12,10 +12,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from calmerge.analysis.pareto import Point, pareto_front, same_point
+from calmerge.analysis.pareto import Point, metric_of, pareto_front, point_label, same_point
 from calmerge.analysis.verdict import Verdict
 from calmerge.eval.metrics import GENERATION_SPLIT, METRICS, Metric, label_of, scale_of
-from calmerge.report.sentences import verdict_sentences
+from calmerge.report.sentences import task_verdict_sentence, verdict_sentences
+from calmerge.splits import parse_split, split_key
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class ReportContent:
     tables: list[Table]
     baseline: list[tuple[str, str]] = field(default_factory=list)
     examples: list[Table] = field(default_factory=list)
+    #: a multi-task run: one row per task (parents, the pick, the task's own pick) and one
+    #: sentence per task's own verdict
+    tasks: list[Table] = field(default_factory=list)
+    task_sentences: list[str] = field(default_factory=list)
 
 
 def format_metric(name: str, m: Metric | None) -> str:
@@ -68,7 +73,7 @@ def metric_columns(points: Sequence[Point], split: str) -> list[str]:
 
 def split_order(points: Sequence[Point], verdict: Verdict) -> list[str]:
     """Report split first, then the selection split, then the rest (generation split last)."""
-    present = {s for p in points for s in p.metrics}
+    present = {s for p in points for s in p.metrics if parse_split(s)[1] is None}
     first = [verdict.report_split, verdict.select_split]
     rest = sorted(present - set(first), key=lambda s: (s == GENERATION_SPLIT, s))
     return [s for s in dict.fromkeys(first) if s in present] + rest
@@ -107,6 +112,29 @@ def points_table(points: Sequence[Point], split: str, verdict: Verdict) -> Table
     return Table(split=split, caption=caption, columns=columns, rows=rows)
 
 
+def tasks_table(verdict: Verdict, per_task: dict[str, Verdict]) -> Table:
+    """One row per task of a multi-task run: accuracy and ECE of the parents and of the
+    aggregate's pick on that task, then the λ the task alone would pick and its verdict."""
+    trio = (("base", verdict.base), ("aligned", verdict.aligned), ("pick", verdict.pick))
+    rows = []
+    for task, tv in per_task.items():
+        test = split_key("test", task)
+        cells = [task]
+        for name in ("acc", "ece"):
+            cells += [format_metric(name, metric_of(p, name, test)) for _, p in trio]
+        own = tv.pick_is_parent or point_label(tv.pick)
+        cells += [own, "yes" if tv.is_superior else "no"]
+        rows.append(Row(cells=cells, tags=frozenset({"superior"} if tv.is_superior else ())))
+    pick = point_label(verdict.pick)
+    columns = ["task", "acc base", "acc aligned", f"acc {pick}", "ECE base", "ECE aligned",
+               f"ECE {pick}", "task's own pick", "superior there"]
+    caption = (
+        f"Per task on test: the parents, the aggregate's pick ({pick}) and the λ each task"
+        " alone would pick (same rule, on its own dev split)"
+    )
+    return Table(split="test", caption=caption, columns=columns, rows=rows)
+
+
 def _role_order(tag: str) -> int:
     return ("pick", "base", "aligned", "front").index(tag)
 
@@ -119,6 +147,7 @@ def build_content(
     meta: dict[str, str],
     temperature_scaled: dict[str, Metric] | None = None,
     examples: Sequence[Table] = (),
+    task_verdicts: dict[str, Verdict] | None = None,
 ) -> ReportContent:
     """Everything the report shows, as plain (unescaped) strings.
 
@@ -148,4 +177,6 @@ def build_content(
         tables=[points_table(points, s, verdict) for s in split_order(points, verdict)],
         baseline=baseline,
         examples=list(examples),
+        tasks=[tasks_table(verdict, task_verdicts)] if task_verdicts else [],
+        task_sentences=[task_verdict_sentence(t, v) for t, v in (task_verdicts or {}).items()],
     )

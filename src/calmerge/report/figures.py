@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from calmerge.analysis.pareto import Point, metric_of, pareto_front, point_label
-from calmerge.analysis.verdict import Verdict
+from calmerge.analysis.verdict import Verdict, task_names
 from calmerge.eval.metrics import (
     GENERATION_SPLIT,
     METRICS,
@@ -32,6 +32,7 @@ from calmerge.eval.metrics import (
     scale_of,
 )
 from calmerge.io.atomic import atomic_write_bytes
+from calmerge.splits import split_key
 
 #: the metrics drawn against λ, one PNG each (diversity gets one PNG with a panel per metric)
 LAMBDA_METRICS: tuple[str, ...] = tuple(METRICS.check(m) for m in ("acc", "ece", "brier", "nll"))
@@ -287,7 +288,33 @@ def save_png(fig: Figure, path: Path) -> Path:
 
 
 #: figure key -> caption (also the order the report shows them in)
+def acc_by_task(points: Sequence[Point], tasks: Sequence[str], verdict: Verdict) -> Figure:
+    """Accuracy against λ for every task of a multi-task run (the first family, linear when
+    swept), the aggregate drawn thick and dark; the aggregate's pick marked."""
+    family = families(points)[0]
+    fig = _new_figure(6.4, 3.8)
+    ax = fig.add_subplot()
+    k = scale_of("acc")
+    for i, task in enumerate(tasks):
+        s = _series(points, family, "acc", split_key(verdict.report_split, task))
+        if len(s):
+            ax.plot(s[:, 0], k * s[:, 1], "-o", ms=3, lw=1.3, color=COLORS[i % len(COLORS)],
+                    label=task)
+    s = _series(points, family, "acc", verdict.report_split)
+    if len(s):
+        ax.plot(s[:, 0], k * s[:, 1], "-", lw=2.6, color="#222222", label="aggregate")
+    ax.axvline(verdict.pick.lam, color=PARENT_STYLE["pick"][0], lw=1, ls=":", zorder=1)
+    ax.axvspan(1.0, max(1.0, *(p.lam for p in points)), color="#000000", alpha=0.04, lw=0)
+    ax.set_xlabel("λ  (0 = base, 1 = aligned)")
+    ax.set_ylabel(axis_label_of("acc"))
+    ax.set_title(f"Accuracy vs λ per task ({verdict.report_split}, {family})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, ncol=2 if len(tasks) > 6 else 1)
+    return fig
+
+
 CAPTIONS: dict[str, str] = {
+    "acc_by_task": "Accuracy against λ for every task; thick: the aggregate over tasks.",
     "acc_vs_ece": "Accuracy against ECE for every point; dashed: their accuracy/ECE Pareto frontier.",
     **{m: f"{label_of(m)[:1].upper()}{label_of(m)[1:]} against λ, with 95% bootstrap bands."
        for m in LAMBDA_METRICS},
@@ -314,6 +341,9 @@ def make_figures(
     div = diversity_panels(points, split)
     if div:
         figs["diversity"] = diversity_vs_lambda(points, div, split, verdict)
+    tasks = task_names(points)
+    if tasks:
+        figs["acc_by_task"] = acc_by_task(points, tasks, verdict)
     figs["reliability"] = reliability(
         [("base", verdict.base), ("aligned", verdict.aligned), ("pick", verdict.pick)], split
     )

@@ -83,6 +83,7 @@ def write_report(
     meta: dict[str, str],
     temperature_scaled: dict[str, Metric] | None = None,
     examples: Sequence[Table] = (),
+    task_verdicts: dict[str, Verdict] | None = None,
 ) -> ReportPaths:
     """Write report.html (self-contained), report.md and figures/*.png into `out_dir`."""
     out_dir = _prepare(out_dir)
@@ -95,6 +96,7 @@ def write_report(
             meta=meta,
             temperature_scaled=temperature_scaled,
             examples=examples,
+            task_verdicts=task_verdicts,
         )
         html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
         rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}

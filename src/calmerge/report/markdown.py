@@ -53,6 +53,11 @@ def render_markdown(content: ReportContent, figures: dict[str, str]) -> str:
         for key, rel in figures.items():
             caption = CAPTIONS.get(key, key)
             lines += [f"![{md_text(caption)}]({rel})", "", f"*{md_text(caption)}*", ""]
+    if content.tasks:
+        lines += ["## Per task", ""]
+        lines += [f"- {md_text(s)}" for s in content.task_sentences] + [""]
+        for t in content.tasks:
+            lines += _table(t)
     lines += ["## All points", "", "Bold row: the pick. Brackets are 95% bootstrap intervals.", ""]
     for t in content.tables:
         lines += _table(t)

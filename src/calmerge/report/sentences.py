@@ -30,12 +30,16 @@ def verdict_sentences(v: Verdict) -> list[str]:
         if not math.isnan(gain.lo)
         else "no per-item results, so no interval"
     )
-    rec = (
-        f"{100 * v.recovered:.0f}% of the lost calibration recovered"
-        if v.recovered is not None
-        else "no calibration to recover (alignment did not raise ECE on "
-        f"{rs}: base {ece['base']:.3f}, aligned {ece['aligned']:.3f})"
-    )
+    no_ece = any(math.isnan(x) for x in ece.values())
+    if v.recovered is not None:
+        rec = f"{100 * v.recovered:.0f}% of the lost calibration recovered"
+    elif no_ece:
+        rec = "calibration is not measured (the task scores with its own metric, no gold choice)"
+    else:
+        rec = (
+            f"no calibration to recover (alignment did not raise ECE on {rs}: base"
+            f" {ece['base']:.3f}, aligned {ece['aligned']:.3f})"
+        )
     sentences: list[str] = []
     if v.is_superior:
         sentences.append(
@@ -57,11 +61,17 @@ def verdict_sentences(v: Verdict) -> list[str]:
                 f" the best parent ({v.best_parent}) and the {ci} does not exclude zero"
             )
         sentences.append(f"No λ is Pareto-superior on {rs}: {why}; {rec}.")
-    sentences.append(
-        f"Alignment moved accuracy from {_pct(acc['base'])} (base) to {_pct(acc['aligned'])} "
-        f"(aligned) and ECE from {ece['base']:.3f} to {ece['aligned']:.3f} on {rs}; "
-        f"{label} has accuracy {_pct(acc['pick'])} and ECE {ece['pick']:.3f}."
-    )
+    if no_ece:
+        sentences.append(
+            f"Alignment moved accuracy from {_pct(acc['base'])} (base) to"
+            f" {_pct(acc['aligned'])} (aligned) on {rs}; {label} has accuracy {_pct(acc['pick'])}."
+        )
+    else:
+        sentences.append(
+            f"Alignment moved accuracy from {_pct(acc['base'])} (base) to {_pct(acc['aligned'])} "
+            f"(aligned) and ECE from {ece['base']:.3f} to {ece['aligned']:.3f} on {rs}; "
+            f"{label} has accuracy {_pct(acc['pick'])} and ECE {ece['pick']:.3f}."
+        )
     if v.chosen_on_report_split:
         sentences.append(
             f"There is no separate '{v.asked_split}' split, so {label} was chosen on {rs}, the same "
@@ -102,6 +112,41 @@ def temperature_sentence(v: Verdict) -> str | None:
         else:
             cal += f" and {abs(100 * diff):.1f} points {'more' if diff > 0 else 'less'} accurate"
     return f"{head}; {cal} — temperature scaling cannot change which answer is chosen."
+
+
+def data_meta(cfg: Any) -> dict[str, str]:
+    """The report's lines saying what was scored: the test and dev data, or each task's."""
+    if not cfg.multi_task:
+        return {"test data": cfg.data, "dev data": cfg.dev or "none (pick chosen on test)"}
+    out = {
+        f"task {t.name or i + 1}": t.data + (f" (dev: {t.dev})" if t.dev else "")
+        for i, t in enumerate(cfg.tasks())
+    }
+    kind = (
+        "the mean of the tasks' accuracies" if cfg.aggregate == "macro"
+        else "the tasks' accuracies weighted by their item counts"
+    )
+    out["aggregate"] = (
+        f"{cfg.aggregate}: acc is {kind}; calibration is pooled over the items of the tasks"
+        " with a gold choice"
+    )
+    return out
+
+
+def task_verdict_sentence(task: str, v: Verdict) -> str:
+    """One line per task of a multi-task sweep: its own best λ and whether it is superior."""
+    label = point_label(v.pick)
+    if math.isnan(v.gain.lo):
+        ci = "no interval"
+    else:
+        ci = f"95% CI {_pts(v.gain.lo)} to {_pts(v.gain.hi)}"
+    state = "Pareto-superior" if v.is_superior else "not Pareto-superior"
+    parent = v.pick_is_parent
+    which = f"the {parent} model" if parent else label
+    return (
+        f"{task}: own pick {which} ({v.rule} on {v.select_split}), {state} on {v.report_split}"
+        f" ({_pts(v.gain.value)} points over the best parent, {v.best_parent}; {ci})."
+    )
 
 
 def generation_settings(cfg: Any) -> str:

@@ -7,6 +7,7 @@ points without running a sweep (or loading a model). The analysis modules stay p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,27 +17,56 @@ from calmerge.errors import StoreError
 from calmerge.eval.calibration import reliability_bins
 from calmerge.eval.metrics import Metric
 from calmerge.io.checkpoint import Checkpoint
-from calmerge.results.store import PointRecord, Prediction, ResultStore, RunRecord, round_lam
+from calmerge.results.store import (
+    PointRecord,
+    Prediction,
+    ResultStore,
+    RunRecord,
+    round_lam,
+)
+from calmerge.splits import parse_split
 
 
 def load_points(
-    store: ResultStore, run_id: int, *, with_correct: bool = True, n_bins: int = 10
+    store: ResultStore, run_id: int, *, with_correct: bool = True, n_bins: int = 10,
+    aggregate: str = "macro",
 ) -> list[Point]:
-    """Finished points of a run: metrics, reliability bins and per-item correctness per split."""
+    """Finished points of a run: metrics, reliability bins and per-item accuracy per split.
+
+    A multi-task run stores items per task ("test@mmlu"); its aggregate split ("test") is
+    given the items of all its tasks, weighted as `aggregate` (macro/micro) weighs the tasks
+    and stratified by task, with reliability bins pooled over the tasks that have gold.
+    """
+    from calmerge.eval.aggregate import task_shares
+
     out = []
     for rec in store.points(run_id, status="done"):
         raw = store.metrics(rec.id)
         metrics = {s: {k: Metric(*v) for k, v in ms.items()} for s, ms in raw.items()}
         reliability: dict[str, list[dict]] = {}
         correct: dict[str, np.ndarray] = {}
+        weights: dict[str, np.ndarray] = {}
+        strata: dict[str, np.ndarray] = {}
+        stored = {s: store.predictions(rec.id, s) for s in store.prediction_splits(rec.id)}
         for split in raw:
-            preds = store.predictions(rec.id, split)
-            if not preds:
+            names = [split] if split in stored else task_splits(stored, split)
+            parts = [stored[k] for k in names]
+            if not parts or not all(parts):
                 continue
-            conf = np.array([p.confidence for p in preds])
-            ok = np.array([p.pred == p.answer for p in preds], dtype=float)
-            reliability[split] = reliability_bins(conf, ok, n_bins=n_bins)
-            correct[split] = ok
+            values = [np.array([p.value for p in ps]) for ps in parts]
+            own = [np.array([1.0 if p.weight is None else p.weight for p in ps]) for ps in parts]
+            shares = task_shares([len(v) for v in values], aggregate) if len(parts) > 1 else [1.0]
+            correct[split] = np.concatenate(values)
+            w = np.concatenate([s_ * w_ / w_.sum() for s_, w_ in zip(shares, own, strict=True)])
+            if len(parts) > 1 or not np.allclose(w, w[0]):
+                weights[split] = w
+            if len(parts) > 1:
+                strata[split] = np.concatenate([np.full(len(v), i) for i, v in enumerate(values)])
+            gold = [ps for ps, k in zip(parts, names, strict=True) if "ece" in raw.get(k, {})]
+            if gold:
+                conf = np.array([p.confidence for ps in gold for p in ps])
+                ok = np.array([p.pred == p.answer for ps in gold for p in ps], dtype=float)
+                reliability[split] = reliability_bins(conf, ok, n_bins=n_bins)
         out.append(
             Point(
                 family=rec.family,
@@ -44,9 +74,16 @@ def load_points(
                 metrics=metrics,
                 reliability=reliability,
                 correct=correct if with_correct else None,
+                weights=weights if with_correct else None,
+                strata=strata if with_correct else None,
             )
         )
     return out
+
+
+def task_splits(splits: Iterable[str], split: str) -> list[str]:
+    """The per-task splits ("test@arc", "test@mmlu", sorted) an aggregate split is made of."""
+    return sorted(k for k in splits if parse_split(k)[0] == split and parse_split(k)[1])
 
 
 def point_record(store: ResultStore, run_id: int, family: str, lam: float) -> PointRecord | None:
@@ -79,7 +116,22 @@ def point_predictions(
     rec = point_record(store, run_id, family, lam)
     if rec is None:
         return None
-    return StoredPredictions({s: store.predictions(rec.id, s) for s in splits})
+    return StoredPredictions({s: _split_predictions(store, rec.id, s) for s in splits})
+
+
+def _split_predictions(store: ResultStore, point_id: int, split: str) -> list[Prediction]:
+    """A split's predictions; for the aggregate split of a multi-task run, those of its tasks
+    that have gold, one after another (what pooled calibration is computed over)."""
+    preds = store.predictions(point_id, split)
+    if preds:
+        return preds
+    metrics = store.metrics(point_id)
+    return [
+        p
+        for key in task_splits(store.prediction_splits(point_id), split)
+        if "ece" in metrics.get(key, {})
+        for p in store.predictions(point_id, key)
+    ]
 
 
 def check_models_unchanged(rec: RunRecord, base: Checkpoint, aligned: Checkpoint) -> None:

@@ -69,6 +69,8 @@ CREATE TABLE IF NOT EXISTS predictions (
     pred INTEGER NOT NULL,
     confidence REAL NOT NULL,
     logprobs_json TEXT NOT NULL,
+    score REAL,
+    weight REAL,
     PRIMARY KEY (point_id, split, idx)
 );
 CREATE TABLE IF NOT EXISTS items (
@@ -99,6 +101,15 @@ CREATE TABLE IF NOT EXISTS generations (
 
 #: The tables a calmerge store may hold (read off the schema, so the two cannot disagree).
 _TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", _SCHEMA))
+
+#: columns added after schema version 1 was released, all nullable (NULL = the old meaning), so
+#: a store written before them is read unchanged and gains them on its first open for writing:
+#: `score` is an item's contribution to the task's accuracy when that is not pred == answer (a
+#: task with its own metric, e.g. truthfulqa_mc2's true-answer mass), `weight` its weight in
+#: the task's accuracy when items do not count equally (an lm-eval group of equal-weight tasks)
+_ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "predictions": (("score", "REAL"), ("weight", "REAL")),
+}
 
 STALE_SECONDS = 600.0
 
@@ -147,13 +158,25 @@ class PointRecord:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One scored item of one point: what the report and bootstrap need, nothing recomputed."""
+    """One scored item of one point: what the report and bootstrap need, nothing recomputed.
+
+    `score`: the item's contribution to accuracy when it is not `pred == answer` (a task's own
+    metric); `weight`: its weight in the task's accuracy when items do not count equally.
+    None = the plain meaning (correctness, weight 1).
+    """
 
     item_id: str
     answer: int
     pred: int
     confidence: float
     logprobs: list[float]
+    score: float | None = None
+    weight: float | None = None
+
+    @property
+    def value(self) -> float:
+        """The item's accuracy contribution: its own score, else whether it was answered right."""
+        return float(self.pred == self.answer) if self.score is None else self.score
 
 
 class ResultStore:
@@ -177,6 +200,7 @@ class ResultStore:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._conn.executescript(_SCHEMA)
+            self._add_columns()
             self._conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -189,6 +213,13 @@ class ResultStore:
             raise StoreError(
                 f"{self.path}: not a calmerge results store ({exc})", "choose another --store path"
             ) from None
+
+    def _add_columns(self) -> None:
+        for table, columns in _ADDED_COLUMNS.items():
+            have = {r[1] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            for name, kind in columns:
+                if name not in have:
+                    self._conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._conn.close()
@@ -357,6 +388,70 @@ class ResultStore:
                 (point_id,),
             )
 
+    def save_splits(
+        self,
+        point_id: int,
+        *,
+        metrics: dict[str, dict[str, tuple[float, float, float]]],
+        predictions: dict[str, Sequence[Prediction]],
+    ) -> None:
+        """Write some splits of a point that is still being computed — one transaction.
+
+        A multi-task sweep saves each task as it is scored, so a killed point resumes with the
+        tasks it had finished (their rows are kept; the point stays unfinished until
+        `finish_point`). The splits written replace any earlier rows of the same splits.
+        """
+        with self._tx() as c:
+            self._write_splits(c, point_id, metrics, predictions)
+
+    def saved_splits(self, point_id: int) -> set[str]:
+        """The splits of a point that hold metrics (finished tasks of an unfinished point)."""
+        rows = self._conn.execute(
+            "SELECT DISTINCT split FROM metrics WHERE point_id = ?", (point_id,)
+        )
+        return {r[0] for r in rows}
+
+    @staticmethod
+    def _write_splits(
+        c: sqlite3.Connection,
+        point_id: int,
+        metrics: dict[str, dict[str, tuple[float, float, float]]],
+        predictions: dict[str, Sequence[Prediction]],
+    ) -> None:
+        for split in {*metrics, *predictions}:
+            c.execute("DELETE FROM metrics WHERE point_id = ? AND split = ?", (point_id, split))
+            c.execute(
+                "DELETE FROM predictions WHERE point_id = ? AND split = ?", (point_id, split)
+            )
+        c.executemany(
+            "INSERT INTO metrics(point_id, split, name, value, lo, hi) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (point_id, split, name, _num(v), _num(lo), _num(hi))
+                for split, ms in metrics.items()
+                for name, (v, lo, hi) in ms.items()
+            ],
+        )
+        c.executemany(
+            "INSERT INTO predictions(point_id, split, idx, item_id, answer, pred, confidence,"
+            " logprobs_json, score, weight) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    point_id,
+                    split,
+                    i,
+                    p.item_id,
+                    p.answer,
+                    p.pred,
+                    p.confidence,
+                    json.dumps([_num(x) for x in p.logprobs]),
+                    _num(p.score),
+                    _num(p.weight),
+                )
+                for split, preds in predictions.items()
+                for i, p in enumerate(preds)
+            ],
+        )
+
     def finish_point(
         self,
         point_id: int,
@@ -365,38 +460,21 @@ class ResultStore:
         predictions: dict[str, Sequence[Prediction]],
         generations: dict[str, list[str]] | None = None,
         seconds: float | None = None,
+        keep: Sequence[str] = (),
     ) -> None:
-        """Write everything a point produced and mark it done — one transaction."""
+        """Write everything a point produced and mark it done — one transaction.
+
+        Rows of an earlier, interrupted attempt are dropped first, except the splits in `keep`
+        (tasks that attempt finished and saved, which this one did not recompute).
+        """
         with self._tx() as c:
-            c.execute("DELETE FROM metrics WHERE point_id = ?", (point_id,))
-            c.execute("DELETE FROM predictions WHERE point_id = ?", (point_id,))
+            kept = list(keep)
+            marks = ",".join("?" * len(kept))
+            spare = f" AND split NOT IN ({marks})" if kept else ""
+            c.execute(f"DELETE FROM metrics WHERE point_id = ?{spare}", (point_id, *kept))
+            c.execute(f"DELETE FROM predictions WHERE point_id = ?{spare}", (point_id, *kept))
             c.execute("DELETE FROM generations WHERE point_id = ?", (point_id,))
-            c.executemany(
-                "INSERT INTO metrics(point_id, split, name, value, lo, hi) VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (point_id, split, name, _num(v), _num(lo), _num(hi))
-                    for split, ms in metrics.items()
-                    for name, (v, lo, hi) in ms.items()
-                ],
-            )
-            c.executemany(
-                "INSERT INTO predictions(point_id, split, idx, item_id, answer, pred, confidence,"
-                " logprobs_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        point_id,
-                        split,
-                        i,
-                        p.item_id,
-                        p.answer,
-                        p.pred,
-                        p.confidence,
-                        json.dumps([_num(x) for x in p.logprobs]),
-                    )
-                    for split, preds in predictions.items()
-                    for i, p in enumerate(preds)
-                ],
-            )
+            self._write_splits(c, point_id, metrics, predictions)
             c.executemany(
                 "INSERT INTO generations(point_id, prompt_id, k, text) VALUES (?, ?, ?, ?)",
                 [
@@ -423,13 +501,20 @@ class ResultStore:
 
     def predictions(self, point_id: int, split: str) -> list[Prediction]:
         rows = self._conn.execute(
-            "SELECT item_id, answer, pred, confidence, logprobs_json FROM predictions"
-            " WHERE point_id = ? AND split = ? ORDER BY idx",
+            "SELECT item_id, answer, pred, confidence, logprobs_json, score, weight"
+            " FROM predictions WHERE point_id = ? AND split = ? ORDER BY idx",
             (point_id, split),
         )
         return [
-            Prediction(r[0], r[1], r[2], r[3], [_flt(x) for x in json.loads(r[4])]) for r in rows
+            Prediction(r[0], r[1], r[2], r[3], [_flt(x) for x in json.loads(r[4])], r[5], r[6])
+            for r in rows
         ]
+
+    def prediction_splits(self, point_id: int) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT DISTINCT split FROM predictions WHERE point_id = ?", (point_id,)
+        )
+        return {r[0] for r in rows}
 
     def generations(self, point_id: int) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}

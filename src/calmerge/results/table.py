@@ -14,6 +14,7 @@ from typing import Any
 
 from calmerge.errors import ConfigError
 from calmerge.results.store import ResultStore, RunRecord
+from calmerge.splits import parse_split
 
 FORMATS = ("csv", "json")
 
@@ -37,17 +38,36 @@ def run_summaries(db: ResultStore) -> list[dict[str, Any]]:
     return rows
 
 
+#: the `task` of the aggregate rows of a multi-task run
+AGGREGATE_TASK = "(all)"
+
+
 def point_rows(db: ResultStore, rec: RunRecord) -> list[dict[str, Any]]:
-    """One row per finished point: run, family, λ, then `split.metric` with `_lo`/`_hi`."""
+    """One row per finished point: run, family, λ, then `split.metric` with `_lo`/`_hi`.
+
+    A multi-task run has one row per (point, task) — `task` names it and its splits drop the
+    "@task" suffix, so every row has the same `test.acc`, `dev.acc`, … columns — plus one row
+    per point for the aggregate over tasks (task "(all)", with the diversity metrics).
+    """
     rows = []
     for pt in db.points(rec.id, status="done"):
-        row: dict[str, Any] = {"run": rec.id, "family": pt.family, "lam": pt.lam}
-        for split, ms in sorted(db.metrics(pt.id).items()):
+        by_task: dict[str | None, dict[str, Any]] = {}
+        for key, ms in sorted(db.metrics(pt.id).items()):
+            split, task = parse_split(key)
+            row = by_task.setdefault(task, {"run": rec.id, "family": pt.family, "lam": pt.lam})
             for name, (v, lo, hi) in sorted(ms.items()):
                 row[f"{split}.{name}"] = v
                 row[f"{split}.{name}_lo"] = lo
                 row[f"{split}.{name}_hi"] = hi
-        rows.append(row)
+        if set(by_task) == {None}:
+            rows.append(by_task[None])
+            continue
+        for task in sorted(by_task, key=lambda t: (t is None, t or "")):
+            row = by_task[task]
+            rows.append({
+                "run": row.pop("run"), "family": row.pop("family"), "lam": row.pop("lam"),
+                "task": AGGREGATE_TASK if task is None else task, **row,
+            })
     return rows
 
 

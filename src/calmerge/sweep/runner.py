@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from calmerge.config import SweepConfig
-from calmerge.errors import ConfigError, StoreError
+from calmerge.errors import StoreError
+from calmerge.eval.metrics import Metric
 from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
 
 
@@ -79,20 +80,6 @@ def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str
     return {"models": fingerprints, "data": data, "eval": cfg.eval_identity()}
 
 
-def _predictions(result: Any) -> list[Prediction]:
-    """Per-item rows of a ScoreResult, in item order, for the store (padding choices dropped)."""
-    return [
-        Prediction(
-            item_id=str(item_id),
-            answer=int(result.answer[i]),
-            pred=int(result.pred[i]),
-            confidence=float(result.confidence[i]),
-            logprobs=[float(x) for x in result.choice_logprobs[i][result.mask[i]]],
-        )
-        for i, item_id in enumerate(result.ids)
-    ]
-
-
 def check_output_dir(out: Path) -> None:
     """The report directory must be creatable; found out before hours of work, not after."""
     from calmerge.errors import OutputError
@@ -128,10 +115,11 @@ class Sweep:
     """
 
     def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
-        from calmerge.eval.data import items_digest, load_items, load_prompts, source_of
+        from calmerge.eval.data import items_digest, load_prompts, source_of
         from calmerge.eval.loading import load_tokenizer
         from calmerge.io.models import open_checkpoint
         from calmerge.io.validate import validate_pair
+        from calmerge.sweep.tasks import build_scorers, load_tasks
 
         self.cfg = cfg
         check_output_dir(Path(cfg.out))
@@ -149,32 +137,29 @@ class Sweep:
             # one generation config for every λ: stop at either parent's end-of-sequence ids
             cfg = cfg.model_copy(update={"stop_token_ids": shared_stop_ids(self.base, self.aligned)})
             self.cfg = cfg
-        paths = {"test": cfg.data, **({"dev": cfg.dev} if cfg.dev else {})}
-        self.items = {split: load_items(path) for split, path in paths.items()}
-        if "dev" in self.items and items_digest(self.items["dev"]) == items_digest(
-            self.items["test"]
-        ):
-            raise ConfigError(
-                f"--dev {cfg.dev} holds the same items as --data {cfg.data}: λ would be chosen on"
-                " the data it is reported on, while the report said it was chosen on dev",
-                "give a separate dev split, or drop --dev (the report then says the pick was"
-                " chosen on test)",
-            )
+        self.tasks = load_tasks(cfg)
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
         self._tokenizer = load_tokenizer(
             cfg.aligned, trust_remote_code=cfg.trust_remote_code, base=cfg.base
         )
-        self._scorers = self._build_scorers()
+        for task in self.tasks:  # tokenised once; a prompt too long fails here, before any work
+            build_scorers(
+                task, self._tokenizer, cfg, self.aligned.text_setting("max_position_embeddings")
+            )
         if self.prompts:  # generation prompts rendered (template time budget) before any work
             from calmerge.eval.generate import build_generation_prompts
 
             build_generation_prompts(
                 self._tokenizer, self.prompts, chat=cfg.prompt_format == "chat"
             )
-        digests = {
-            split: file_digest(path) if source_of(path) == "file" else items_digest(self.items[split])
-            for split, path in paths.items()
-        }
+        digests = {}
+        for task in self.tasks:
+            refs = {"test": task.spec.data, "dev": task.spec.dev}
+            for split, bench in task.benches.items():
+                ref = refs[split]
+                digests[task.key(split)] = (
+                    file_digest(ref) if source_of(ref) == "file" else items_digest(bench.items)
+                )
         if cfg.prompts:
             digests["prompts"] = file_digest(cfg.prompts)
         fingerprints = {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
@@ -184,43 +169,21 @@ class Sweep:
         self.run = self.store.get_or_create_run(
             config_hash(identity), name, cfg.model_dump(mode="json"), fingerprints
         )
-        for split, items in self.items.items():
-            self.store.save_items(self.run.id, split, items)
+        for task in self.tasks:
+            for split, scorer in task.scorers.items():
+                self.store.save_items(self.run.id, task.key(split), scorer.items)
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
 
     @property
+    def items(self) -> dict[str, list]:
+        """The scored items of every split, by store split name."""
+        return {t.key(s): sc.items for t in self.tasks for s, sc in t.scorers.items()}
+
+    @property
     def select_split(self) -> str:
-        return "dev" if "dev" in self.items else "test"
-
-    def _build_scorers(self) -> dict[str, Any]:
-        """Tokenise every split once; prompts too long for the model fail here, before any work."""
-        from calmerge.eval.data import native_template
-        from calmerge.eval.score import Scorer
-
-        cfg = self.cfg
-        fewshot = self.items["dev"][: cfg.fewshot] if cfg.fewshot and "dev" in self.items else []
-        if fewshot:  # the examples shown in the prompt are not also scored
-            self.items["dev"] = self.items["dev"][cfg.fewshot :]
-            if not self.items["dev"]:
-                raise ConfigError(
-                    f"--fewshot {cfg.fewshot} uses every dev item", "use fewer few-shot examples"
-                )
-        scorers = {}
-        for split, items in self.items.items():
-            scorer = Scorer(
-                self._tokenizer,
-                items,
-                mode=cfg.mode,
-                template=cfg.prompt_template or native_template(cfg.data),
-                prompt_format=cfg.prompt_format,
-                fewshot=fewshot,
-                batch_size=cfg.batch_size,
-            )
-            scorer.check_context(self.aligned.text_setting("max_position_embeddings"))
-            scorers[split] = scorer
-        return scorers
+        return "dev" if all("dev" in t.benches for t in self.tasks) else "test"
 
     def _load(self) -> None:
         """Load the live model once (lazily: a fully resumed run needs none)."""
@@ -243,30 +206,72 @@ class Sweep:
     @property
     def work_per_point(self) -> int:
         """Progress units of one point: every scored item plus every sampled generation."""
-        return sum(len(v) for v in self.items.values()) + len(self.prompts) * self.cfg.samples
+        return sum(t.size for t in self.tasks) + len(self.prompts) * self.cfg.samples
 
     def evaluate_point(
-        self, family: str, lam: float, advance: Callable[[int], None] = lambda n: None
+        self, family: str, lam: float, advance: Callable[[int], None] = lambda n: None,
+        *, point_id: int | None = None,
     ) -> tuple[dict, dict, dict]:
-        """Rewrite the weights to (family, λ) and measure every split (+ diversity)."""
-        from calmerge.eval.metrics import GENERATION_SPLIT, compute_metrics
+        """Rewrite the weights to (family, λ) and measure every task's splits (+ diversity).
 
-        self._load()
+        In a multi-task sweep each task is saved as soon as it is scored (`point_id` given),
+        and a task an interrupted attempt had saved is read back, not scored again; the
+        returned metrics then hold the aggregate (and diversity) and the predictions nothing,
+        the tasks' rows being in the store already.
+        """
+        from calmerge.eval.aggregate import aggregate_metrics
+        from calmerge.eval.metrics import GENERATION_SPLIT
+        from calmerge.sweep.tasks import stored_split
+
         cfg = self.cfg
-        self._interp.apply(family, lam)
+        saved = self.store.saved_splits(point_id) if point_id is not None else set()
+        multi = cfg.multi_task and point_id is not None
+        applied = False
         metrics: dict[str, dict[str, tuple[float, float, float]]] = {}
         preds: dict[str, list[Prediction]] = {}
-        for split, scorer in self._scorers.items():
-            result = scorer.score(self._model)
-            ms = compute_metrics(result, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins)
-            metrics[split] = {k: (m.value, m.lo, m.hi) for k, m in ms.items()}
-            preds[split] = _predictions(result)
-            advance(len(result.ids))
+        outcomes: dict[str, list] = {}
+        for task in self.tasks:
+            scored = {}
+            for split in task.scorers:
+                key = task.key(split)
+                if multi and key in saved:
+                    got = stored_split(
+                        task, split, self.store.metrics(point_id)[key],
+                        self.store.predictions(point_id, key),
+                    )
+                else:
+                    if not applied:
+                        self._load()
+                        self._interp.apply(family, lam)
+                        applied = True
+                    got = self._score(task, split)
+                scored[key] = got
+                outcomes.setdefault(split, []).append(got.outcome)
+                advance(len(got.predictions))
+            fresh = {k: v for k, v in scored.items() if k not in saved or not multi}
+            if multi and fresh:
+                self.store.save_splits(
+                    point_id,
+                    metrics={k: v.metrics for k, v in fresh.items()},
+                    predictions={k: v.predictions for k, v in fresh.items()},
+                )
+            elif not multi:
+                metrics.update({k: v.metrics for k, v in scored.items()})
+                preds.update({k: v.predictions for k, v in scored.items()})
+        if cfg.multi_task:
+            for split, outs in outcomes.items():
+                agg = aggregate_metrics(
+                    outs, kind=cfg.aggregate, n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins
+                )
+                metrics[split] = {k: (m.value, m.lo, m.hi) for k, m in agg.items()}
         gens: dict[str, list[str]] = {}
         if self.prompts:
             from calmerge.eval.generate import sample_generations
             from calmerge.eval.metrics import diversity_metrics
 
+            if not applied:
+                self._load()
+                self._interp.apply(family, lam)
             samples = sample_generations(
                 self._model,
                 self._tokenizer,
@@ -284,6 +289,12 @@ class Sweep:
             gens = {p.id: s for p, s in zip(self.prompts, samples, strict=True)}
             advance(len(self.prompts) * cfg.samples)
         return metrics, preds, gens
+
+    def _score(self, task: Any, split: str) -> Any:
+        from calmerge.sweep.tasks import score_split
+
+        result = task.scorers[split].score(self._model)
+        return score_split(task, split, result, self.cfg)
 
     # ── the loop ──
     def _initial_lams(self, family: str) -> tuple[float, ...]:
@@ -333,13 +344,14 @@ class Sweep:
         bar.describe(f"{family} λ={lam:g}")
         start = time.perf_counter()
         try:
-            metrics, preds, gens = self.evaluate_point(family, lam, bar.advance)
+            metrics, preds, gens = self.evaluate_point(family, lam, bar.advance, point_id=pid)
             self.store.finish_point(
                 pid,
                 metrics=metrics,
                 predictions=preds,
                 generations=gens,
                 seconds=time.perf_counter() - start,
+                keep=[k for t in self.tasks for k in t.keys] if self.cfg.multi_task else (),
             )
         except BaseException:
             with contextlib.suppress(StoreError):  # a full disk may refuse the release too
@@ -348,17 +360,23 @@ class Sweep:
         outcome.computed.append((family, lam))
 
     def _refinement(self, family: str, budget: int) -> list[float]:
-        from calmerge.analysis.pareto import pareto_front
+        from calmerge.analysis.pareto import default_objectives, pareto_front
         from calmerge.results.points import load_points
 
-        points = [p for p in load_points(self.store, self.run.id) if p.family == family]
+        points = [
+            p for p in load_points(self.store, self.run.id, aggregate=self.cfg.aggregate)
+            if p.family == family
+        ]
         split = self.select_split
         points = [p for p in points if split in p.metrics and "acc" in p.metrics[split]]
         if len(points) < 2:
             return []
-        front = {p.lam for p in pareto_front(points, ("acc", "ece"), split)}
+        objectives = self.cfg.objectives or default_objectives(points, split)
+        front = {p.lam for p in pareto_front(points, objectives, split)}
+        nan = Metric(float("nan"), float("nan"), float("nan"))
         done = [
-            (p.lam, p.metrics[split]["acc"].value, p.metrics[split]["ece"].value) for p in points
+            (p.lam, p.metrics[split]["acc"].value, p.metrics[split].get("ece", nan).value)
+            for p in points
         ]
         return refine_lambdas(
             done, [p.lam in front for p in points], resolution=self.cfg.resolution, limit=budget

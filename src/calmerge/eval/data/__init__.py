@@ -15,9 +15,11 @@ sources (`@data_source("hf")`), so a new kind of data is one function plus one d
 
 `datasets` and `lm_eval` are imported only when such a reference is loaded.
 
-This package is the public face: `load_items` dispatches a reference, and importing the package
-registers every built-in source. One module per job: `items` (the item types and the row
-check), `sources` (references and the registry), `files`, `hf`, `lmeval` (one source each).
+This package is the public face: `load_items` dispatches a reference, `load_benchmark` returns
+its items together with how the source scores them (an lm-eval task's own metrics, see
+`benchmark`), and importing the package registers every built-in source. One module per job:
+`items` (the item types and the row check), `sources` (references and the registry),
+`benchmark` (items plus scoring), `files`, `hf`, `lmeval` (one source each).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path
 
 # the source modules register themselves (`@data_source`) on import, in this order
 from calmerge.eval.data import files, hf, lmeval  # noqa: F401
+from calmerge.eval.data.benchmark import Benchmark, BenchmarkScoring, benchmark_loader
 from calmerge.eval.data.files import _file_items, load_prompts
 from calmerge.eval.data.items import LETTERS, Item, OpenPrompt, items_digest
 from calmerge.eval.data.sources import (
@@ -41,6 +44,8 @@ from calmerge.eval.data.sources import (
 
 __all__ = [
     "LETTERS",
+    "Benchmark",
+    "BenchmarkScoring",
     "DataSource",
     "Item",
     "Loader",
@@ -48,6 +53,7 @@ __all__ = [
     "data_source",
     "data_sources",
     "items_digest",
+    "load_benchmark",
     "load_items",
     "load_prompts",
     "native_template",
@@ -70,3 +76,14 @@ def load_items(path: str | Path, *, split: str | None = None) -> list[Item]:
         return _file_items(Path(path), split)
     return _SOURCES.get(source).load(body, split)
 
+
+
+def load_benchmark(ref: str | Path, *, split: str | None = None) -> Benchmark:
+    """The items of a reference (as `load_items`) and, for a source whose data carries its own
+    scoring (lm-eval tasks), the hooks that compute its metrics and notes on how they were
+    built. Files and `hf:` datasets are their items alone (`scoring=None`)."""
+    source, body = parse_ref(ref)
+    loader = benchmark_loader(source) if source is not None else None
+    if loader is not None:
+        return loader(body, split)
+    return Benchmark(str(ref), tuple(load_items(ref, split=split)))

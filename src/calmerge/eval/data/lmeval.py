@@ -1,21 +1,54 @@
-"""Items from lm-evaluation-harness tasks, as the exact prompts lm-eval itself would score.
+"""lm-evaluation-harness tasks as lm-eval itself runs them: its prompts, its docs, its metrics.
 
-Why a module of its own: an lm-eval task is not rows to read but a program to run (its YAML's
-templates, few-shot sampler, description and delimiters), so items are built from the requests
-the task constructs and checked to be lm-eval's standard multiple-choice ones; with the
-template `{question}` calmerge then scores what lm-eval scores. `lm_eval` is imported only when
-an `lmeval:` reference is loaded, and its task index is built once per process.
+Why a module of its own: an lm-eval task is not rows to read but a program to run — its YAML's
+templates, few-shot sampler, description and delimiters, its `process_docs`, its
+`process_results` and metric list, its groups' weights. Items are built from the requests the
+task constructs (checked to be lm-eval's multiple-choice ones), so with the template
+`{question}` calmerge scores what lm-eval scores; and the Benchmark carries the task's own
+scoring hooks (`benchmark.TaskScoring`), so `eval.taskmetrics` computes lm-eval's metrics from
+the same log-likelihoods: truthfulqa_mc2's "acc" is its true-answer mass, mmlu's is lm-eval's
+group aggregate.
+
+What is reproduced of `lm_eval.simple_evaluate` (0.4.13), because each changes numbers:
+- seeds: `random.seed(0)`, `np.random.seed(1234)`, torch 1234 just before the tasks are built
+  (gpqa's process_docs shuffles the choices with the global `random`), and the few-shot seed
+  1234 on every task (`?seed=` overrides that one). The previous global RNG states are restored
+  afterwards: a library must not leave the caller's `random` changed. (Not thread-safe: another
+  thread drawing from `random` meanwhile would both disturb and be disturbed.)
+- num_fewshot: a requested `fewshot=N` is ignored for a task whose YAML sets `num_fewshot: 0`,
+  as lm-eval ignores it, and the Benchmark says so in its notes.
+- multiple-input tasks (winogrande: one context per choice) become partial-scoring items.
+- groups: every leaf task is scored; a group's metrics are lm-eval's own `Group.aggregate` over
+  its leaves; a tag, several names, or a group without `aggregate_metric_list` has no lm-eval
+  aggregate and is pooled by calmerge (size-weighted), with a note saying so.
+
+Security: a task's `!function utils.fn` (process_docs, process_results, doc_to_text…) imports and
+runs the Python file beside the YAML. Loading `lmeval:TASK?include_path=DIR` therefore runs code
+from DIR, exactly as `lm_eval --include_path DIR` does: only point it at task folders you trust.
+
+`lm_eval` is imported only when an `lmeval:` reference is loaded, and its task index is built
+once per process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
-from collections.abc import Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from calmerge.errors import DataError, did_you_mean
+from calmerge.eval.data.benchmark import (
+    Benchmark,
+    BenchmarkScoring,
+    GroupScoring,
+    TaskScoring,
+    benchmark_source,
+)
 from calmerge.eval.data.items import Item, _item
 from calmerge.eval.data.sources import (
     _checked,
@@ -29,11 +62,13 @@ from calmerge.eval.data.sources import (
 _LMEVAL_KEYS = ("include_path", "split", "fewshot", "seed")
 _LMEVAL_HINT = "pip install 'calmerge[lmeval]'"
 _LMEVAL_SEED = 1234  # lm-eval's default fewshot_random_seed, so few-shot draws match its runs
+#: built-in multiple-choice metrics that read is_greedy rather than the log-likelihoods
+_GREEDY_METRICS = frozenset({"exact_match"})
 
 
 @functools.lru_cache(maxsize=4)
 def _task_manager(include_path: str | None, include_defaults: bool) -> Any:
-    """Indexing lm-eval's ~15k built-in task YAMLs takes ~15 s; do it once per process.
+    """Indexing lm-eval's ~15k built-in task YAMLs takes ~10 s; do it once per process.
 
     Keyed by the include path, so `--data` and `--dev` naming tasks share one index.
     """
@@ -42,15 +77,99 @@ def _task_manager(include_path: str | None, include_defaults: bool) -> Any:
     return TaskManager(include_path=include_path, include_defaults=include_defaults)
 
 
-def _lmeval_tasks(names: list[str], include_path: str | None, ref: str) -> dict[str, Any]:
-    """Leaf tasks by name (groups and tags expand), built through lm-eval's TaskManager.
+@contextlib.contextmanager
+def _caller_rng_kept() -> Iterator[None]:
+    """Run lm-eval code without changing the caller's global RNGs (random, numpy, torch CPU).
 
-    With an include path, or only YAML paths, the built-in index is skipped unless a name is
-    not found without it — a local task then loads in well under a second.
+    lm-eval draws from the global `random` where one would not expect it (`Task.task_name`
+    evaluates `random_task_id()` on every access), so every call into task objects is wrapped.
     """
-    import yaml
+    import numpy as np
+    import torch
 
-    datasets = _require("datasets", ref, _LMEVAL_HINT)
+    saved = random.getstate(), np.random.get_state(), torch.random.get_rng_state()
+    try:
+        yield
+    finally:
+        random.setstate(saved[0])
+        np.random.set_state(saved[1])
+        torch.random.set_rng_state(saved[2])
+
+
+@contextlib.contextmanager
+def _lm_eval_seeds() -> Iterator[None]:
+    """simple_evaluate's global seeds for the span of building tasks, then the caller's back.
+
+    lm-eval seeds `random`, numpy and torch right before `TaskManager.load`; a process_docs
+    that draws from them (gpqa shuffles its choices with `random.shuffle`) then gives the same
+    docs here as in an lm-eval run. torch is seeded on the CPU generator only: lm-eval's
+    `torch.manual_seed` would also queue a seed for CUDA at its first use, a change to global
+    state this restore could not undo, and no task builds docs on a GPU.
+    """
+    import numpy as np
+    import torch
+    from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
+
+    with _caller_rng_kept():
+        random.seed(DEFAULT_RANDOM_SEED)
+        np.random.seed(DEFAULT_OTHER_SEED)
+        torch.random.default_generator.manual_seed(DEFAULT_OTHER_SEED)
+        yield
+
+
+# ───────────────────────────── finding and building the tasks ─────────────────────────────
+
+
+def _group_members(manager: Any, name: str) -> list[tuple[str, str, bool]]:
+    """Every name a group lists, recursively: (member, the group listing it, is a leaf task).
+
+    Read from the index's YAML (no task is built), so that a group naming a task that does not
+    exist, or one that exists only among the built-ins, is known before anything loads.
+    """
+    from lm_eval.tasks._index import Kind
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    index = manager.task_index
+    out: list[tuple[str, str, bool]] = []
+
+    def walk(group: str, members: Any) -> None:
+        for member in members if isinstance(members, list) else [members]:
+            if isinstance(member, dict):
+                if "group" in member and member["group"] not in index:  # an inline group
+                    walk(f"{group}::{member['group']}", member.get("task", []))
+                    continue
+                member = member.get("group") or member.get("task")
+            if not isinstance(member, str):
+                continue
+            entry = index.get(member)
+            out.append((member, group, entry is not None and entry.kind in (Kind.TASK, Kind.PY_TASK)))
+            if entry is not None and entry.kind is Kind.GROUP:
+                walk(member, (entry.cfg or {}).get("task", []))
+            elif entry is not None and entry.kind is Kind.TAG:
+                out.extend((t, member, True) for t in sorted(entry.tags))
+
+    if name.endswith((".yaml", ".yml")):
+        import yaml
+
+        try:
+            cfg = load_yaml(name, resolve_func=False)
+        except (OSError, ValueError, yaml.YAMLError):  # reported when the task is built
+            return []
+        if "group" in cfg:
+            walk(str(cfg["group"]), cfg.get("task", []))
+        return out
+    entry = index.get(name)
+    if entry is not None and entry.kind is Kind.GROUP:
+        walk(name, (entry.cfg or {}).get("task", []))
+    return out
+
+
+def _lmeval_manager(names: list[str], include_path: str | None, ref: str) -> Any:
+    """The TaskManager that knows every named task and every task the named groups list.
+
+    With an include path, or only YAML paths, the built-in index is skipped unless a name (or a
+    group's member) is not found without it — a local task then loads in well under a second.
+    """
     if include_path is not None and not Path(include_path).is_dir():
         raise DataError(f"{ref}: include_path {include_path} is not a folder", "check the path")
     paths = [n for n in names if n.endswith((".yaml", ".yml"))]
@@ -58,34 +177,70 @@ def _lmeval_tasks(names: list[str], include_path: str | None, ref: str) -> dict[
         if not Path(p).is_file():
             raise DataError(f"{ref}: task file {p} not found", "check the path")
     named = [n for n in names if n not in paths]
+    if not hasattr(_task_manager(include_path, False), "load"):
+        raise DataError(f"{ref}: needs lm-eval >= 0.4.13 (TaskManager.load)", _LMEVAL_HINT)
+
+    def unknown(manager: Any) -> list[tuple[str, str | None]]:
+        missing: list[tuple[str, str | None]] = [
+            (n, None) for n in named if n not in manager.all_tasks
+        ]
+        for n in names:
+            if n in manager.all_tasks or n in paths:
+                missing += [
+                    (m, g) for m, g, _ in _group_members(manager, n) if m not in manager.task_index
+                ]
+        return missing
+
     local_only = include_path is not None or not named
     manager = _task_manager(include_path, not local_only)
-    if local_only and any(n not in manager.all_tasks for n in named):
-        manager, local_only = _task_manager(include_path, True), False
-    for n in named:
-        if n not in manager.all_tasks:
-            raise DataError(
-                f"{ref}: no lm-eval task, group or tag '{n}'",
-                did_you_mean(n, manager.all_tasks)
-                or "see `lm_eval ls tasks`; local YAML: ?include_path=DIR",
-            )
-    errors = (OSError, ValueError, KeyError, ImportError, yaml.YAMLError,
-              datasets.exceptions.DatasetsError)
-    if not hasattr(manager, "load"):
-        raise DataError(f"{ref}: needs lm-eval >= 0.4.13 (TaskManager.load)", _LMEVAL_HINT)
-    try:
-        try:
-            loaded = manager.load(names)["tasks"]
-        except KeyError:  # a local group may name built-in tasks
-            if not local_only:
-                raise
-            loaded = _task_manager(include_path, True).load(names)["tasks"]
-    except errors as exc:
+    if local_only and unknown(manager):
+        manager = _task_manager(include_path, True)
+    for name, group in unknown(manager):
+        where = f"no lm-eval task, group or tag '{name}'"
+        if group is not None:
+            where = f"group '{group}' lists '{name}', which is no lm-eval task, group or tag"
         raise DataError(
-            f"{ref}: cannot build the task ({_reason(exc)})",
-            "offline, the task's dataset must be local or in the HF cache",
-        ) from None
-    return dict(sorted(loaded.items()))
+            f"{ref}: {where}",
+            did_you_mean(name, manager.all_tasks)
+            or "see `lm_eval ls tasks`; local YAML: ?include_path=DIR",
+        )
+    return manager
+
+
+def _build_errors() -> tuple[type[BaseException], ...]:
+    """What building a task raises for a broken task or missing data (never a calmerge bug)."""
+    import yaml
+
+    datasets = _require("datasets", "lmeval", _LMEVAL_HINT)
+    return (OSError, ValueError, KeyError, TypeError, AttributeError, ImportError,
+            yaml.YAMLError, datasets.exceptions.DatasetsError)
+
+
+def _lmeval_load(manager: Any, names: list[str], ref: str) -> dict[str, Any]:
+    """`TaskManager.load(names)`, the call simple_evaluate makes; a failure names the task.
+
+    lm-eval's own error rarely says which of a group's tasks failed (a missing data file is
+    "Unable to find '…'"), so on failure each leaf task the names reach is built alone until
+    one fails, and that one is named.
+    """
+    errors = _build_errors()
+    hint = "offline, the task's dataset must be local or in the HF cache"
+    try:
+        return manager.load(names)
+    except errors as exc:
+        first = exc
+    for name in names:
+        for member, group, leaf in _group_members(manager, name):
+            if not leaf:
+                continue
+            try:
+                manager.load([member])
+            except errors as exc:
+                raise DataError(
+                    f"{ref}: task '{member}' of group '{group}' cannot be built ({_reason(exc)})",
+                    hint,
+                ) from None
+    raise DataError(f"{ref}: cannot build the task ({_reason(first)})", hint) from None
 
 
 def _lmeval_docs(task: Any, split: str | None, name: str, ref: str) -> Any:
@@ -139,51 +294,294 @@ def _lmeval_gold(gold: Any, choices: Sequence[str], where: str) -> int:
     raise DataError(f"{where}: target {gold!r} is not an index or a choice", "check doc_to_target")
 
 
-def _lmeval_task_items(
-    name: str, task: Any, split: str | None, fewshot: int | None, seed: int, ref: str
-) -> list[tuple[str, Item]]:
+def _own_process_results(task: Any) -> str | None:
+    """The name of the task's own process_results (a YAML `!function` or a Python task's
+    override), or None for lm-eval's built-in multiple-choice one."""
+    from lm_eval.api.task import ConfigurableTask
+
+    fn = task.config.process_results
+    if fn is not None:
+        return getattr(fn, "__qualname__", None) or str(fn)
+    if type(task).process_results is not ConfigurableTask.process_results:
+        return f"{type(task).__name__}.process_results"
+    return None
+
+
+def _check_task(name: str, task: Any, ref: str) -> None:
+    """Refuse what calmerge cannot score exactly as lm-eval does, before any doc is read."""
     if task.OUTPUT_TYPE != "multiple_choice":
         raise DataError(
             f"{ref}: task '{name}' is {task.OUTPUT_TYPE}, not multiple_choice",
-            "calmerge scores multiple-choice tasks",
+            "calmerge scores multiple_choice tasks (the log-likelihood of each given choice)",
         )
-    if getattr(task, "multiple_input", 0):
+    if "acc_mutual_info" in task.aggregation():
         raise DataError(
-            f"{ref}: task '{name}' puts the choices in the context (one context per choice)",
-            "calmerge scores one shared context per question",
+            f"{ref}: task '{name}' lists acc_mutual_info, which needs each choice's "
+            "unconditional log-likelihood; calmerge scores the choices given the context only",
+            "remove acc_mutual_info from the task's metric_list (a local copy of the YAML)",
         )
-    docs = _lmeval_docs(task, split, name, ref)
-    shots = fewshot if fewshot is not None else int(task.config.num_fewshot or 0)
-    if shots:
-        if getattr(task, "sampler", None) is None:
-            raise DataError(f"{ref}: task '{name}' has no few-shot docs", "use fewshot=0")
-        task.set_fewshot_seed(seed=seed)
+    if task.config.filter_list is not None:
+        raise DataError(
+            f"{ref}: task '{name}' filters its log-likelihoods (filter_list)",
+            "calmerge applies lm-eval's default filter only; remove filter_list",
+        )
+
+
+@dataclass
+class _Built:
+    """One leaf task after its docs were read: its items and what scoring it needs."""
+
+    name: str
+    task: Any
+    docs: list[Any]
+    entries: list[tuple[str, Item]]
+    own: str | None
+
+
+def _shared_prefix(contexts: Sequence[str], choices: Sequence[str], where: str) -> str:
+    """P such that context_j == P + choices[j] for every j (lm-eval's multiple-input contexts)."""
+    first = contexts[0]
+    prefix = first[: len(first) - len(choices[0])] if first.endswith(choices[0]) else None
+    if prefix is None or any(c != prefix + ch for c, ch in zip(contexts, choices, strict=True)):
+        raise DataError(
+            f"{where}: the per-choice contexts are not one shared prefix followed by each choice",
+            "calmerge's partial scoring needs context_j = prefix + choice_j "
+            "(a gen_prefix after the choice breaks that)",
+        )
+    return prefix
+
+
+def _doc_item(
+    name: str, task: Any, doc: Any, doc_id: int, shots: int, own: str | None, where: str
+) -> Item:
+    """One doc as the Item that scores lm-eval's requests for it."""
+    extra = {"gen_prefix": task.doc_to_prefix(doc)} if hasattr(task, "doc_to_prefix") else {}
+    ctx = task.fewshot_context(doc, num_fewshot=shots, **extra)
+    requests = task.construct_requests(doc=doc, ctx=ctx, metadata=(name, doc_id, 1))
+    choices = [str(c) for c in task.doc_to_choice(doc)]
+    args = [r.arguments for r in requests]
+    if len(args) != len(choices) or any(len(a) != 2 for a in args):
+        raise DataError(  # extra requests (mutual info) or extra inputs (images) per choice
+            f"{where}: {len(args)} requests for {len(choices)} choices",
+            "calmerge scores lm-eval's standard text multiple-choice requests",
+        )
+    multiple_input = bool(getattr(task, "multiple_input", 0))
+    raw_gold = task.doc_to_text(doc) if multiple_input else task.doc_to_target(doc)
+    try:
+        gold = _lmeval_gold(raw_gold, choices, where)
+        if not 0 <= gold < len(choices):
+            raise DataError(f"{where}: answer {gold} out of range", "check doc_to_target")
+    except DataError:
+        if own is None:
+            raise
+        gold = 0  # the task's own process_results reads the doc, never this answer
     delimiter = str(task.config.target_delimiter)
-    entries: list[tuple[str, Item]] = []
+    if multiple_input:
+        # one context per choice (winogrande): the choice completes the context and the shared
+        # continuation is scored under each — calmerge's partial scoring
+        conts = {a[1] for a in args}
+        if len(conts) != 1:
+            raise DataError(
+                f"{where}: the choices' continuations differ", "check doc_to_target"
+            )
+        prefix = _shared_prefix([a[0] for a in args], choices, where)
+        record = {"id": f"{name}-{doc_id}", "question": prefix, "choices": choices,
+                  "answer": gold, "subject": name}
+        return dataclasses.replace(
+            _item(record, where, fallback_id=record["id"]), partial=conts.pop()
+        )
+    if any(a[1] != delimiter + c for a, c in zip(args, choices, strict=True)):
+        raise DataError(  # lm-eval builds every continuation as delimiter + choice
+            f"{where}: continuations are not target_delimiter + choice",
+            "calmerge scores lm-eval's standard multiple-choice requests",
+        )
+    # question = lm-eval's context, choices = its texts; the full string is lm-eval's with
+    # calmerge's own " " or, for any other target_delimiter, the item's (the context's
+    # trailing whitespace moves into the continuation on encoding, as in `_encode_pair`)
+    record = {"id": f"{name}-{doc_id}", "question": args[0][0], "choices": choices,
+              "answer": gold, "subject": name}
+    item = _item(record, where, fallback_id=record["id"])
+    return dataclasses.replace(item, delimiter=delimiter) if delimiter != " " else item
+
+
+def _build_task(
+    name: str, task: Any, split: str | None, fewshot: int | None, seed: int, ref: str,
+    ignored: list[str],
+) -> _Built:
+    """Read one task's docs and build its items; `ignored` collects tasks whose YAML fixes
+    num_fewshot at 0 while the user asked for shots."""
+    _check_task(name, task, ref)
+    # simple_evaluate's rule: a requested num_fewshot overrides the YAML's unless the YAML
+    # says 0 (then it is ignored, and logged); nothing requested and nothing set means 0
+    configured = task.get_config("num_fewshot")
+    if fewshot is not None and configured == 0:
+        shots = 0
+        if fewshot != 0:
+            ignored.append(name)
+    else:
+        shots = fewshot if fewshot is not None else int(configured or 0)
+    if shots and getattr(task, "sampler", None) is None:
+        raise DataError(f"{ref}: task '{name}' has no few-shot docs", "use fewshot=0")
+    task.set_fewshot_seed(seed=seed)
+    docs = list(_lmeval_docs(task, split, name, ref))
+    own = _own_process_results(task)
+    entries = []
     for doc_id, doc in enumerate(docs):
         where = f"{ref} [{name} doc {doc_id}]"
-        extra = {"gen_prefix": task.doc_to_prefix(doc)} if hasattr(task, "doc_to_prefix") else {}
-        ctx = task.fewshot_context(doc, num_fewshot=shots, **extra)
-        requests = task.construct_requests(doc=doc, ctx=ctx, metadata=(name, doc_id, 1))
-        choices = [str(c) for c in task.doc_to_choice(doc)]
-        args = [r.arguments for r in requests[: len(choices)]]  # mutual-info requests follow
-        if any(a[1] != delimiter + c for a, c in zip(args, choices, strict=True)):
-            raise DataError(  # lm-eval builds every continuation as delimiter + choice
-                f"{where}: continuations are not target_delimiter + choice",
-                "calmerge scores lm-eval's standard multiple-choice requests",
-            )
-        # question = lm-eval's context, choices = its texts; the full string is lm-eval's with
-        # calmerge's own " " or, for any other target_delimiter, the item's (the context's
-        # trailing whitespace moves into the continuation on encoding, as in `_encode_pair`)
-        record = {
-            "id": f"{name}-{doc_id}", "question": args[0][0], "choices": choices,
-            "answer": _lmeval_gold(task.doc_to_target(doc), choices, where), "subject": name,
+        entries.append((where, _doc_item(name, task, doc, doc_id, shots, own, where)))
+    return _Built(name, task, docs, entries, own)
+
+
+# ───────────────────────────── how lm-eval scores them ─────────────────────────────
+
+
+def _task_scoring(built: _Built, start: int) -> TaskScoring:
+    from lm_eval.api.metrics import mean
+
+    task, docs = built.task, built.docs
+    aggregation = dict(task.aggregation())
+
+    def process(results: Sequence[Sequence[tuple[float, Any]]]) -> list[dict[str, Any]]:
+        with _caller_rng_kept():
+            return [
+                task.process_results(doc, list(res))
+                for doc, res in zip(docs, results, strict=True)
+            ]
+
+    return TaskScoring(
+        name=built.name, start=start, stop=start + len(docs), process=process,
+        aggregation=aggregation, mean=mean, higher_is_better=dict(task.higher_is_better()),
+        gold=built.own is None,
+        needs_greedy=frozenset(aggregation) & _GREEDY_METRICS if built.own is None else frozenset(),
+        process_name=built.own or "process_results",
+    )
+
+
+def _aggregator(group: Any) -> Callable[[Any], dict[str, float]]:
+    """lm-eval's own `Group.aggregate`, fed and read in calmerge's terms (filter "none")."""
+
+    def aggregate(values: Any) -> dict[str, float]:
+        flat = {
+            leaf: {"sample_len": size, **{f"{m},none": v for m, v in metrics.items()}}
+            for leaf, (size, metrics) in values.items()
         }
-        item = _item(record, where, fallback_id=record["id"])
-        if delimiter != " ":
-            item = dataclasses.replace(item, delimiter=delimiter)
-        entries.append((where, item))
-    return entries
+        with _caller_rng_kept():
+            out = group.aggregate(flat)
+        return {
+            k[: -len(",none")]: float(v)
+            for k, v in out.items()
+            if k.endswith(",none") and "_stderr" not in k
+        }
+
+    return aggregate
+
+
+def _group_scoring(group: Any, pooled: bool = False) -> GroupScoring:
+    return GroupScoring(
+        name=group.name,
+        leaves=tuple(t.task_name for t in group.get_all_tasks()),
+        metrics=tuple((a.metric, bool(a.weight_by_size)) for a in group.aggregate_metric_list or ()),
+        aggregate=_aggregator(group), pooled=pooled,
+    )
+
+
+def _bottom_up(groups: dict[str, Any]) -> list[Any]:
+    """Groups with children before parents (lm-eval's `_collect_groups_bottom_up` order)."""
+    from lm_eval.api.group import Group
+
+    order: list[Any] = []
+    seen: set[str] = set()
+
+    def visit(g: Any) -> None:
+        if g.name in seen:
+            return
+        for child in g:
+            if isinstance(child, Group):
+                visit(child)
+        seen.add(g.name)
+        order.append(g)
+
+    for g in groups.values():
+        visit(g)
+    return order
+
+
+def _names(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+def _lmeval_scoring(
+    loaded: dict[str, Any], tasks: tuple[TaskScoring, ...], ref: str, notes: list[str]
+) -> BenchmarkScoring:
+    """Which node's metrics are the benchmark's, and the groups that aggregate under it."""
+    from lm_eval.api.group import Group
+    from lm_eval.config.group import AggMetricConfig
+
+    groups = dict(loaded.get("groups") or {})
+    children = {sub.name for g in groups.values() for sub in g.get_all_groups(recursive=False)}
+    in_groups = {t.task_name for g in groups.values() for t in g.get_all_tasks()}
+    top: list[Any] = [g for n, g in groups.items() if n not in children]
+    top += [t for n, t in loaded["tasks"].items() if n not in in_groups]
+    order = [_group_scoring(g) for g in _bottom_up(groups)]
+    by_name = {t.name: t for t in tasks}
+    single = top[0] if len(top) == 1 else None
+    if single is not None and not isinstance(single, Group):
+        root = single.task_name
+    elif isinstance(single, Group) and single.has_aggregation:
+        root = single.name
+    else:
+        # no lm-eval number covers everything named: pool the leaves, size-weighted, over the
+        # metrics every leaf declares (as a group with weight_by_size: true would)
+        top_names = [getattr(n, "name", None) or n.task_name for n in top]
+        declared = [set(t.aggregation) for t in tasks]
+        common = [m for m in tasks[0].aggregation if all(m in d for d in declared)]
+        pooled = Group(name="+".join(top_names), aggregate_metric_list=[
+            AggMetricConfig(metric=m, weight_by_size=True) for m in common
+        ])
+        for node in top:
+            pooled.add(node)
+        order.append(_group_scoring(pooled, pooled=True))
+        root = pooled.name
+        why = (f"group {top_names[0]} has no aggregate_metric_list" if single is not None
+               else f"{_names(top_names)} have no lm-eval aggregate over them")
+        notes.append(
+            f"{why}: calmerge pools their {sum(t.size for t in tasks)} docs (each metric the "
+            "mean over the tasks weighted by their doc counts, as an lm-eval group with "
+            "weight_by_size: true)"
+        )
+    scoring = BenchmarkScoring(tasks=tasks, groups=tuple(order), root=root)
+    _check_acc(scoring, by_name, ref)
+    return scoring
+
+
+def _check_acc(scoring: BenchmarkScoring, tasks: dict[str, TaskScoring], ref: str) -> None:
+    """calmerge needs one accuracy-like number per item (`BenchmarkScores.score`): the root's
+    "acc" as a mean of per-doc values, or, on gold tasks, calmerge's own correctness."""
+    if scoring.root in tasks:
+        leaves, has_acc = (scoring.root,), "acc" in tasks[scoring.root].aggregation
+    else:
+        group = next(g for g in scoring.groups if g.name == scoring.root)
+        leaves, has_acc = group.leaves, any(m == "acc" for m, _ in group.metrics)
+    if not has_acc:
+        if not scoring.gold:
+            raise DataError(
+                f"{ref}: {scoring.root} reports no acc and scores with its own process_results",
+                "calmerge needs an accuracy-like metric named acc in the task's metric_list",
+            )
+        return
+    for leaf in leaves:
+        task = tasks[leaf]
+        if "acc" not in task.aggregation:
+            raise DataError(
+                f"{ref}: {scoring.root} aggregates acc but task '{leaf}' has none",
+                "calmerge needs every item's share of acc; add acc to that task's metric_list",
+            )
+        if not task.is_mean("acc"):
+            raise DataError(
+                f"{ref}: task '{leaf}' aggregates acc other than by its mean",
+                "calmerge reads acc as a mean over docs (aggregation: mean)",
+            )
 
 
 def _int_param(params: dict[str, str], key: str, ref: str) -> int | None:
@@ -197,13 +595,15 @@ def _int_param(params: dict[str, str], key: str, ref: str) -> int | None:
     return int(text)
 
 
-@data_source("lmeval", native_template="{question}")
-def _lmeval_items(body: str, split: str | None) -> list[Item]:
-    """`lmeval:TASK[,TASK…][?include_path=DIR&split=…&fewshot=N&seed=S]` — lm-eval's prompts.
+@benchmark_source("lmeval")
+def lmeval_benchmark(body: str, split: str | None) -> Benchmark:
+    """`lmeval:TASK[,TASK…][?include_path=DIR&split=…&fewshot=N&seed=S]` — lm-eval's prompts
+    and lm-eval's scoring.
 
     Each item's question is the full context lm-eval builds (description, few-shot examples,
     doc_to_text, gen_prefix) and its choices what follows the delimiter, so the template
-    `{question}` scores exactly what lm-eval scores.
+    `{question}` scores exactly what lm-eval scores; the scoring hooks turn those scores into
+    the task's (or group's) own metrics.
     """
     ref = f"lmeval:{body}"
     target, params = _split_query(body, ref, _LMEVAL_KEYS)
@@ -214,11 +614,53 @@ def _lmeval_items(body: str, split: str | None) -> list[Item]:
     seed = _int_param(params, "seed", ref)
     split = _one_split(ref, params.get("split"), split)
     _require("lm_eval.tasks", ref, _LMEVAL_HINT)
+    _require("datasets", ref, _LMEVAL_HINT)
     include = params.get("include_path")
     include = str(Path(include).expanduser()) if include else None
-    entries: list[tuple[str, Item]] = []
-    for name, task in _lmeval_tasks(names, include, ref).items():
-        entries += _lmeval_task_items(
-            name, task, split, fewshot, _LMEVAL_SEED if seed is None else seed, ref
+    manager = _lmeval_manager(names, include, ref)
+    with _lm_eval_seeds():
+        return _lmeval_benchmark(manager, ref, names, split, fewshot,
+                                 _LMEVAL_SEED if seed is None else seed)
+
+
+def _lmeval_benchmark(
+    manager: Any, ref: str, names: list[str], split: str | None, fewshot: int | None, seed: int
+) -> Benchmark:
+    """The tasks built, their docs read and few-shot samples drawn in lm-eval's task order,
+    under its seeds (the caller's context manager)."""
+    loaded = _lmeval_load(manager, names, ref)
+    ignored: list[str] = []
+    built = [
+        _build_task(name, task, split, fewshot, seed, ref, ignored)
+        for name, task in loaded["tasks"].items()
+    ]
+    built.sort(key=lambda b: b.name)  # items in task-name order, as before (stable digests)
+    notes: list[str] = []
+    if ignored:
+        verb = "fixes num_fewshot at 0 in its YAML" if len(ignored) == 1 else (
+            "fix num_fewshot at 0 in their YAMLs")
+        notes.append(f"{_names(ignored)} {verb}; fewshot={fewshot} ignored, as lm-eval does")
+    own = [b for b in built if b.own is not None]
+    for fn in dict.fromkeys(b.own for b in own):
+        which = [b.name for b in own if b.own == fn]
+        notes.append(
+            f"{_names(which)} {'computes its' if len(which) == 1 else 'compute their'} metrics "
+            f"with {'its' if len(which) == 1 else 'their'} own process_results ({fn}), so "
+            "doc_to_target is not the answer: calmerge's metrics that need a gold answer "
+            "(accuracy, calibration, Brier, NLL, AUROC) are left out, and acc is lm-eval's "
+            "(the task's own)"
         )
-    return _checked(entries, ref)
+    items = _checked([e for b in built for e in b.entries], ref)
+    tasks: list[TaskScoring] = []
+    start = 0
+    for b in built:
+        tasks.append(_task_scoring(b, start))
+        start += len(b.docs)
+    scoring = _lmeval_scoring(loaded, tuple(tasks), ref, notes)
+    return Benchmark(ref, tuple(items), scoring, tuple(notes))
+
+
+@data_source("lmeval", native_template="{question}")
+def _lmeval_items(body: str, split: str | None) -> list[Item]:
+    """The items of `lmeval_benchmark` (lm-eval's prompts; see there)."""
+    return list(lmeval_benchmark(body, split).items)
