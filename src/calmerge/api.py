@@ -357,7 +357,10 @@ def report(
         "base": cfg.base,
         "aligned": cfg.aligned,
         **data_meta(cfg),
-        "scoring": f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}",
+        "scoring": (
+            f"{cfg.dtype} (each task's mode and prompt format above)" if cfg.multi_task
+            else f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}"
+        ),
         **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
         "store": str(Path(store)),
     }

@@ -51,6 +51,16 @@ def _yaml(tmp_path: Path, pair, tasks, *, grid: str = "[0.0, 0.5, 1.0]", **extra
     return path
 
 
+def _longer_context(model: Path, out: Path) -> Path:
+    import shutil
+
+    shutil.copytree(model, out)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["max_position_embeddings"] = 2048
+    (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
 def _clean(ms: dict) -> dict:
     """Metrics with NaN as None, so equal dictionaries compare equal."""
     return {k: tuple(None if x != x else x for x in v) for k, v in ms.items()}
@@ -200,3 +210,50 @@ def test_cli_repeats_data_and_dev(tiny_pair, tasks, tmp_path):
          "--format", "json"], env=ENV, capture_output=True, text=True).stdout)
     assert {r["task"] for r in rows} == {"fruit", "more", AGGREGATE_TASK}
     assert np.isfinite([r["test.acc"] for r in rows]).all()
+
+
+def test_lmeval_group_own_metric_task_and_a_file_in_one_sweep(tiny_pair, tasks, tmp_path):
+    """An lm-eval group (size-weighted over two ARC-style tasks), truthfulqa_mc2 (its own
+    metric, no gold) and a file: each task's acc is what lm-eval computes for it (checked
+    against the same benchmark scored alone), mc2 is left out of pooled calibration, and the
+    verdict's paired bootstrap runs over the aggregate."""
+    pytest.importorskip("lm_eval")
+    from lmeval_tasks import materialize
+
+    from calmerge.eval.data import load_benchmark
+    from calmerge.eval.loading import load_model
+    from calmerge.eval.score import Scorer
+    from calmerge.eval.taskmetrics import benchmark_metrics
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    inc = materialize(tmp_path / "tasks")
+    # room for truthfulqa's long 6-shot prompt (RoPE: positions are not weights)
+    base, aligned = (_longer_context(m, tmp_path / m.name) for m in tiny_pair)
+    refs = {
+        "arc": f"lmeval:calmerge_arc_sized?include_path={inc}",
+        "mc2": f"lmeval:calmerge_truthfulqa_mc2?include_path={inc}",
+    }
+    cfg = load_sweep_config(None, dict(
+        base=str(base), aligned=str(aligned), grid=(0.0, 0.5, 1.0), extrapolate=(),
+        refine=False, n_boot=40, device="cpu", store=str(tmp_path / "runs.db"),
+        out=str(tmp_path / "report"), data=[
+            {"data": refs["arc"], "name": "arc"}, {"data": refs["mc2"], "name": "mc2"},
+            {"data": str(tasks["fruit"][0]), "name": "fruit", "prompt_template": "{question}"},
+        ],
+    ))
+    result = api.sweep(cfg, progress=False)
+    with ResultStore(tmp_path / "runs.db") as db:
+        lam1 = next(p for p in db.points(db.run().id, status="done") if p.lam == 1.0)
+        ms = db.metrics(lam1.id)
+    model, tok = load_model(aligned, device="cpu", dtype="float32")
+    for name in ("arc", "mc2"):  # λ=1 is the aligned model itself
+        bench = load_benchmark(refs[name])
+        alone = benchmark_metrics(
+            bench, Scorer(tok, bench.items, template="{question}").score(model),
+            n_boot=40, seed=0, n_bins=10,
+        )
+        assert ms[f"test@{name}"]["acc"][0] == pytest.approx(alone.metrics["acc"].value, abs=1e-9)
+    assert "ece" not in ms["test@mc2"] and "ece" in ms["test@arc"]
+    acc = [ms[f"test@{t}"]["acc"][0] for t in ("arc", "mc2", "fruit")]
+    assert ms["test"]["acc"][0] == pytest.approx(np.mean(acc))
+    assert result.verdict.has_items and np.isfinite(result.verdict.gain.lo)

@@ -49,7 +49,7 @@ def example_tables(db: Any, run_id: int, v: Any, *, limit: int = 6) -> list[Tabl
     pick answers differently from the aligned model (what merging changed, item by item)."""
     from calmerge.analysis.examples import changed_answers, sample_generations
     from calmerge.analysis.pareto import point_label
-    from calmerge.results.points import point_record
+    from calmerge.results.points import point_record, task_splits
 
     roles = [("base", v.base), ("aligned", v.aligned), ("pick", v.pick)]
     records = [point_record(db, run_id, p.family, p.lam) for _, p in roles]
@@ -60,10 +60,15 @@ def example_tables(db: Any, run_id: int, v: Any, *, limit: int = 6) -> list[Tabl
         gens = [db.generations(r.id) for r in records]
         tables.append(generations_table(cols, sample_generations(prompts, gens, limit=limit)))
     split = v.report_split
-    items = db.items(run_id, split)
-    aligned_preds = db.predictions(records[1].id, split)
-    pick_preds = db.predictions(records[2].id, split)
-    if items and aligned_preds and pick_preds:
-        changed = changed_answers(items, aligned_preds, pick_preds, limit=limit)
-        tables.append(changed_table(split, cols[1], cols[2], changed))
+    # a multi-task run keeps items per task ("test@mmlu"): one table per task
+    splits = [split] if db.items(run_id, split) else task_splits(
+        db.prediction_splits(records[1].id), split
+    )
+    for s in splits:
+        items = db.items(run_id, s)
+        aligned_preds = db.predictions(records[1].id, s)
+        pick_preds = db.predictions(records[2].id, s)
+        if items and aligned_preds and pick_preds:
+            changed = changed_answers(items, aligned_preds, pick_preds, limit=limit)
+            tables.append(changed_table(s, cols[1], cols[2], changed))
     return tables

@@ -120,6 +120,7 @@ def data_meta(cfg: Any) -> dict[str, str]:
         return {"test data": cfg.data, "dev data": cfg.dev or "none (pick chosen on test)"}
     out = {
         f"task {t.name or i + 1}": t.data + (f" (dev: {t.dev})" if t.dev else "")
+        + f" · {t.mode} · {t.prompt_format}" + (f" · {t.fewshot}-shot" if t.fewshot else "")
         for i, t in enumerate(cfg.tasks())
     }
     kind = (
