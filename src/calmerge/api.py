@@ -179,8 +179,10 @@ def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     write_eval_json(
         out_json, config=cfg.model_dump(mode="json"), metrics=ev.metrics,
         reliability=ev.reliability, diversity=ev.diversity, predictions=ev.result.predictions(),
-        samples=ev.samples, seconds=ev.seconds,
+        samples=ev.samples, seconds=ev.seconds, notes=ev.notes, breakdown=ev.breakdown,
     )
+    if "ece" not in ev.metrics or not ev.reliability:  # a task with its own metric: no gold
+        return EvalReport(ev, out_json, None)
     write_eval_diagram(out_png, cfg.model, ev.metrics["ece"], ev.reliability)
     return EvalReport(ev, out_json, out_png)
 

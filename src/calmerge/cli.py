@@ -192,6 +192,9 @@ def _eval_rows(metrics: dict, diversity: dict | None) -> list[tuple[str, str, st
             rows.append((f"{spec.name}: {spec.label}", f"{m.value:.4f}", f"[{m.lo:.4f}, {m.hi:.4f}]"))
         elif diversity and spec.name in diversity:
             rows.append((f"{spec.name}: {spec.label}", f"{diversity[spec.name]:.4f}", ""))
+    for name, m in metrics.items():  # an lm-eval task's own metrics (mcc, f1, …), as it names them
+        if name not in METRICS:
+            rows.append((f"{name} (lm-eval)", f"{m.value:.4f}", f"[{m.lo:.4f}, {m.hi:.4f}]"))
     return rows
 
 
@@ -256,9 +259,20 @@ def eval_cmd(
     for row in _eval_rows(ev.metrics, ev.diversity):
         table.add_row(*row)
     console.print(table)
+    if len(ev.breakdown) > 1:  # an lm-eval group: every task and subgroup, as lm-eval lists them
+        parts = Table(title="per task and group (lm-eval's numbers)", title_justify="left")
+        for col in ("task", "metric", "value", "95% interval"):
+            parts.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        for task, ms in ev.breakdown.items():
+            for name, m in ms.items():
+                parts.add_row(task, name, f"{m.value:.4f}", f"[{m.lo:.4f}, {m.hi:.4f}]")
+        console.print(parts)
+    for note in ev.notes:
+        console.print(f"note: {note}", highlight=False)
     console.print(f"scored in {ev.seconds:.1f} s", highlight=False)
     if report.output is not None:
-        console.print(f"wrote [bold]{report.output}[/] and {report.diagram}", highlight=False)
+        also = f" and {report.diagram}" if report.diagram else " (no reliability diagram: no gold)"
+        console.print(f"wrote [bold]{report.output}[/]{also}", highlight=False)
 
 
 # ───────────────────────────── sweep (sweep, runs, results, export, report) ─────────────────────

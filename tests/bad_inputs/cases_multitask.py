@@ -79,3 +79,24 @@ CASES = [
     Case("task-dev-is-data", "A task whose dev is its own test data", task_dev_is_its_data, "holds the same items as --data"),
     Case("aggregate-unknown", "--aggregate median", unknown_aggregate, "aggregate"),
 ]
+
+
+def lmeval_task_with_fewshot(tmp, pair):
+    """--fewshot would take the first dev docs of an lm-eval task as examples, while lm-eval's
+    program scores those docs: its numbers would no longer be lm-eval's."""
+    a, _ = _two(tmp)
+    b = items_file(tmp, [{**GOOD, "id": "c", "question": "Other?"}], "b.jsonl")
+    task = tmp / "tasks"
+    task.mkdir()
+    (task / "cm_t.yaml").write_text(
+        "task: cm_t\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {a}\n    validation: {b}\ntest_split: test\nvalidation_split: validation\n"
+        "output_type: multiple_choice\ndoc_to_text: '{{question}}'\n"
+        "doc_to_choice: '{{choices}}'\ndoc_to_target: '{{answer}}'\n"
+    )
+    ref = f"lmeval:cm_t?include_path={task}"
+    return _yaml(tmp, pair, [f"  - {{data: '{ref}', dev: '{ref}&split=validation', fewshot: 1}}",
+                             f"  - {{data: {a}, dev: {b}, name: other}}"])
+
+
+CASES.append(Case("task-lmeval-fewshot", "--fewshot on an lm-eval task of a sweep", lmeval_task_with_fewshot, "its few-shot examples are lm-eval's own"))

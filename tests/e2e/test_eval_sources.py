@@ -375,11 +375,19 @@ def test_lmeval_splits_fewshot_and_yaml_paths(task_dir):
     assert load_items(f"lmeval:cm_group?include_path={task_dir}") == both
 
 
+def test_lmeval_choices_in_the_context_load_as_partial_items(task_dir):
+    """A task with one context per choice (winogrande's shape) is scored by partial scoring:
+    each choice completes the context, the shared continuation is what is scored."""
+    pytest.importorskip("lm_eval")
+    items = load_items(f"lmeval:cm_winogrande?include_path={task_dir}")
+    assert items and all(it.partial is not None for it in items)
+    assert all(it.partial.startswith(" ") for it in items)  # target_delimiter + doc_to_target
+
+
 @pytest.mark.parametrize(
     "ref,message",
     [
         ("lmeval:cm_gen?include_path={d}", r"task 'cm_gen' is generate_until, not multiple_choice"),
-        ("lmeval:cm_winogrande?include_path={d}", r"puts the choices in the context"),
         ("lmeval:cm_bare?include_path={d}&split=validation", r"task 'cm_bare' has no validation"),
         ("lmeval:cm_bare?include_path={d}&split=holdout", r"split 'holdout' is not one of"),
         ("lmeval:cm_bare?include_path={d}&fewshot=-1", r"fewshot=-1 is not a non-negative"),

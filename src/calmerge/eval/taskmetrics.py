@@ -31,6 +31,7 @@ combines its leaves' replicate values with the replicate's doc counts as sizes (
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,34 +222,47 @@ def _safe_aggregate(fn: Any, values: list[Any]) -> float:
 
 
 def _task_replicates(
-    tv: _TaskValues, draws: np.ndarray
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per metric, the task's value in each replicate; and its doc count in each replicate."""
-    task = tv.task
-    size = np.zeros(len(draws))
-    means = {m: task.is_mean(m) for m in tv.vals}
-    num = {m: np.zeros(len(draws)) for m in tv.vals if means[m]}
-    den = {m: np.zeros(len(draws)) for m in num}
-    cols = {m: np.asarray(tv.docs[m]) for m in num}
-    vecs = {m: np.asarray(tv.vals[m], dtype=np.float64) for m in num}
+    values: Mapping[str, _TaskValues], draws: np.ndarray
+) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    """Per task and metric, its value in each replicate; and each task's doc count in each.
+
+    One pass over blocks of item multiplicities serves every task's mean-aggregated metrics
+    (a replicate's mean is counts @ values / counts); other aggregations are re-run on each of
+    the first EXPENSIVE_BOOT_CAP replicates' drawn docs, in draw order.
+    """
+    b = len(draws)
+    sizes = {name: np.zeros(b) for name in values}
+    num = {(name, m): np.zeros(b) for name, tv in values.items() for m in tv.vals
+           if tv.task.is_mean(m)}
+    den = {key: np.zeros(b) for key in num}
+    cols = {key: np.asarray(values[key[0]].docs[key[1]]) for key in num}
+    vecs = {key: np.asarray(values[key[0]].vals[key[1]], dtype=np.float64) for key in num}
     for rows, counts in _count_blocks(draws):
-        size[rows] = counts[:, task.start : task.stop].sum(axis=1)
-        for m in num:
-            c = counts[:, cols[m]]
-            num[m][rows] = c @ vecs[m]
-            den[m][rows] = c.sum(axis=1)
-    out: dict[str, np.ndarray] = {}
+        for name, tv in values.items():
+            sizes[name][rows] = counts[:, tv.task.start : tv.task.stop].sum(axis=1)
+        for key in num:
+            c = counts[:, cols[key]]
+            num[key][rows] = c @ vecs[key]
+            den[key][rows] = c.sum(axis=1)
+    reps: dict[str, dict[str, np.ndarray]] = {name: {} for name in values}
     with np.errstate(invalid="ignore", divide="ignore"):
-        for m in num:
-            out[m] = np.where(den[m] > 0, num[m] / den[m], np.nan)
-    for m in (m for m in tv.vals if not means[m]):
-        where = {item: j for j, item in enumerate(tv.docs[m])}
-        fn = task.aggregate_fn(m)
-        out[m] = np.array([
-            _safe_aggregate(fn, [tv.vals[m][where[i]] for i in idx if i in where])
-            for idx in draws[:EXPENSIVE_BOOT_CAP]
-        ])
-    return out, size
+        for (name, m), total in num.items():
+            reps[name][m] = np.where(den[(name, m)] > 0, total / den[(name, m)], np.nan)
+    capped = draws[:EXPENSIVE_BOOT_CAP]
+    for name, tv in values.items():
+        task = tv.task
+        for m in (m for m in tv.vals if not task.is_mean(m)):
+            pos = np.full(task.size, -1)  # doc -> position in vals[m] (-1: no value)
+            pos[np.asarray(tv.docs[m]) - task.start] = np.arange(len(tv.docs[m]))
+            fn, vals = task.aggregate_fn(m), tv.vals[m]
+            stats = []
+            with warnings.catch_warnings():  # sklearn's warnings on one-class replicates
+                warnings.simplefilter("ignore")
+                for idx in capped:
+                    drawn = pos[idx[(idx >= task.start) & (idx < task.stop)] - task.start]
+                    stats.append(_safe_aggregate(fn, [vals[j] for j in drawn[drawn >= 0]]))
+            reps[name][m] = np.array(stats)
+    return reps, sizes
 
 
 def _group_replicates(
@@ -304,6 +318,14 @@ def _lmeval_metrics(
 ) -> BenchmarkScores:
     if tuple(result.ids) != tuple(it.id for it in bench.items):
         raise ValueError("the ScoreResult is not of this benchmark's items")
+    expected = [f"{t.name}-{d}" for t in scoring.tasks for d in range(t.size)]
+    if [it.id for it in bench.items] != expected:
+        # the hooks read doc d of a task at item start+d: items sliced or reordered after
+        # loading (e.g. few-shot examples taken off a dev split) would be scored as other docs
+        raise ValueError(
+            f"{bench.ref}: the items are not the ones the task scoring was built for; "
+            "score lm-eval benchmarks whole (or drop their scoring: calmerge's metrics only)"
+        )
     greedy = getattr(result, "greedy", None)
     notes = list(bench.notes)
     tasks = {t.name: t for t in scoring.tasks}
@@ -323,8 +345,7 @@ def _lmeval_metrics(
     reps: dict[str, dict[str, np.ndarray]] = {}
     sizes: dict[str, np.ndarray] = {}
     if draws is not None:
-        for name, tv in values.items():
-            reps[name], sizes[name] = _task_replicates(tv, draws)
+        reps, sizes = _task_replicates(values, draws)
         for group in scoring.groups:
             reps[group.name] = _group_replicates(group, reps, sizes)
     measured = {

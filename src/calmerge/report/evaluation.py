@@ -30,11 +30,20 @@ def write_eval_json(
     predictions: list[dict[str, Any]],
     samples: dict[str, list[str]] | None,
     seconds: float,
+    notes: Sequence[str] = (),
+    breakdown: dict[str, dict[str, Metric]] | None = None,
 ) -> Path:
-    """Everything one evaluation measured, non-finite numbers as null."""
+    """Everything one evaluation measured, non-finite numbers as null. `breakdown`: lm-eval's
+    metrics of every task and group under an lm-eval group; `notes`: how they were made."""
+
+    def table(ms: dict[str, Metric]) -> dict[str, dict[str, Any]]:
+        return {k: {n: _clean(v) for n, v in m.as_dict().items()} for k, m in ms.items()}
+
     payload = {
         "config": config,
-        "metrics": {k: {n: _clean(v) for n, v in m.as_dict().items()} for k, m in metrics.items()},
+        "metrics": table(metrics),
+        "notes": list(notes),
+        "breakdown": {task: table(ms) for task, ms in (breakdown or {}).items()},
         "reliability": [{k: _clean(v) for k, v in b.items()} for b in reliability],
         "diversity": diversity,
         "predictions": predictions,

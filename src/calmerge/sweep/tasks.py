@@ -101,6 +101,13 @@ def build_scorers(task: SweepTask, tokenizer: Any, cfg: SweepConfig, max_positio
     spec = task.spec
     items = {s: list(b.items) for s, b in task.benches.items()}
     shots = spec.fewshot or 0
+    if shots and any(b.scoring is not None for b in task.benches.values()):
+        # its dev docs are scored by lm-eval's program, doc for doc: none can become a shot
+        raise ConfigError(
+            f"task '{task.name}' is an lm-eval task: its few-shot examples are lm-eval's own,"
+            f" not --fewshot {shots} from its dev split",
+            "ask lm-eval for them (lmeval:TASK?fewshot=N), and set fewshot: 0 for this task",
+        )
     fewshot = items["dev"][:shots] if shots and "dev" in items else []
     if fewshot:
         items["dev"] = items["dev"][shots:]

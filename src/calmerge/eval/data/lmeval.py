@@ -14,7 +14,13 @@ What is reproduced of `lm_eval.simple_evaluate` (0.4.13), because each changes n
   (gpqa's process_docs shuffles the choices with the global `random`), and the few-shot seed
   1234 on every task (`?seed=` overrides that one). The previous global RNG states are restored
   afterwards: a library must not leave the caller's `random` changed. (Not thread-safe: another
-  thread drawing from `random` meanwhile would both disturb and be disturbed.)
+  thread drawing from `random` meanwhile would both disturb and be disturbed.) lm-eval draws
+  from `random` while building too (`Task.task_name`), so gpqa's shuffle depends on the tasks
+  built before it: it is lm-eval's for a run of the same task list, in the same order — name
+  them in one reference (`lmeval:a,b,gpqa_main_zeroshot`) to match one lm-eval run. A shuffle is
+  drawn once, when the task is built, and `datasets` caches the mapped docs, as in lm-eval's
+  own run (which reads the docs again for requests and for process_results); with that cache
+  off, lm-eval itself would shuffle anew on every read.
 - num_fewshot: a requested `fewshot=N` is ignored for a task whose YAML sets `num_fewshot: 0`,
   as lm-eval ignores it, and the Benchmark says so in its notes.
 - multiple-input tasks (winogrande: one context per choice) become partial-scoring items.
@@ -110,11 +116,35 @@ def _lm_eval_seeds() -> Iterator[None]:
     import torch
     from lm_eval.defaults import DEFAULT_OTHER_SEED, DEFAULT_RANDOM_SEED
 
-    with _caller_rng_kept():
+    with _caller_rng_kept(), _quiet():
         random.seed(DEFAULT_RANDOM_SEED)
         np.random.seed(DEFAULT_OTHER_SEED)
         torch.random.default_generator.manual_seed(DEFAULT_OTHER_SEED)
         yield
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """lm-eval's and datasets' chatter while tasks are built, silenced, then as it was.
+
+    lm-eval logs a warning per metric whose YAML omits `aggregation`/`higher_is_better` (it
+    then uses the defaults calmerge reproduces) and datasets draws a progress bar per split;
+    calmerge's own output is one line per failure and its own progress bar.
+    """
+    import logging
+
+    import datasets
+
+    logger = logging.getLogger("lm_eval")
+    level, bars = logger.level, datasets.utils.logging.is_progress_bar_enabled()
+    logger.setLevel(logging.ERROR)
+    datasets.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            datasets.utils.logging.enable_progress_bar()
 
 
 # ───────────────────────────── finding and building the tasks ─────────────────────────────
@@ -131,18 +161,25 @@ def _group_members(manager: Any, name: str) -> list[tuple[str, str, bool]]:
 
     index = manager.task_index
     out: list[tuple[str, str, bool]] = []
+    seen: set[str] = set()
 
     def walk(group: str, members: Any) -> None:
+        if group in seen:  # a group listing itself, directly or not: lm-eval fails on it
+            return
+        seen.add(group)
         for member in members if isinstance(members, list) else [members]:
             if isinstance(member, dict):
                 if "group" in member and member["group"] not in index:  # an inline group
                     walk(f"{group}::{member['group']}", member.get("task", []))
                     continue
                 member = member.get("group") or member.get("task")
+                if isinstance(member, str) and member not in index:
+                    continue  # an inline task: its config is the dict itself
             if not isinstance(member, str):
                 continue
             entry = index.get(member)
-            out.append((member, group, entry is not None and entry.kind in (Kind.TASK, Kind.PY_TASK)))
+            leaf = entry is not None and entry.kind in (Kind.TASK, Kind.PY_TASK)
+            out.append((member, group, leaf))
             if entry is not None and entry.kind is Kind.GROUP:
                 walk(member, (entry.cfg or {}).get("task", []))
             elif entry is not None and entry.kind is Kind.TAG:
@@ -533,7 +570,7 @@ def _lmeval_scoring(
     else:
         # no lm-eval number covers everything named: pool the leaves, size-weighted, over the
         # metrics every leaf declares (as a group with weight_by_size: true would)
-        top_names = [getattr(n, "name", None) or n.task_name for n in top]
+        top_names = [n.name if isinstance(n, Group) else n.task_name for n in top]
         declared = [set(t.aggregation) for t in tasks]
         common = [m for m in tasks[0].aggregation if all(m in d for d in declared)]
         pooled = Group(name="+".join(top_names), aggregate_metric_list=[
@@ -543,12 +580,13 @@ def _lmeval_scoring(
             pooled.add(node)
         order.append(_group_scoring(pooled, pooled=True))
         root = pooled.name
-        why = (f"group {top_names[0]} has no aggregate_metric_list" if single is not None
-               else f"{_names(top_names)} have no lm-eval aggregate over them")
+        why = (f"group {top_names[0]} has no aggregate_metric_list: calmerge pools its"
+               if single is not None
+               else f"{_names(top_names)} have no lm-eval aggregate over them: calmerge pools "
+               "their")
         notes.append(
-            f"{why}: calmerge pools their {sum(t.size for t in tasks)} docs (each metric the "
-            "mean over the tasks weighted by their doc counts, as an lm-eval group with "
-            "weight_by_size: true)"
+            f"{why} {sum(t.size for t in tasks)} docs (each metric the mean over the tasks "
+            "weighted by their doc counts, as an lm-eval group with weight_by_size: true)"
         )
     scoring = BenchmarkScoring(tasks=tasks, groups=tuple(order), root=root)
     _check_acc(scoring, by_name, ref)
@@ -566,7 +604,7 @@ def _check_acc(scoring: BenchmarkScoring, tasks: dict[str, TaskScoring], ref: st
     if not has_acc:
         if not scoring.gold:
             raise DataError(
-                f"{ref}: {scoring.root} reports no acc and scores with its own process_results",
+                f"{ref}: '{scoring.root}' reports no acc and scores with its own process_results",
                 "calmerge needs an accuracy-like metric named acc in the task's metric_list",
             )
         return
