@@ -364,6 +364,7 @@ def report(
             else f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}"
         ),
         **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
+        **{f"note {i + 1}": n for i, n in enumerate(a.db.notes(a.run.id))},
         "store": str(Path(store)),
     }
     write_marker(out, "report")

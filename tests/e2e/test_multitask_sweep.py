@@ -257,3 +257,5 @@ def test_lmeval_group_own_metric_task_and_a_file_in_one_sweep(tiny_pair, tasks, 
     acc = [ms[f"test@{t}"]["acc"][0] for t in ("arc", "mc2", "fruit")]
     assert ms["test"]["acc"][0] == pytest.approx(np.mean(acc))
     assert result.verdict.has_items and np.isfinite(result.verdict.gain.lo)
+    md = Path(result.markdown).read_text()  # the report says why mc2 has no calibration
+    assert "process\\_results\\_mc2" in md and "note 1" in md

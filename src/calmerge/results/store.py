@@ -299,6 +299,23 @@ class ResultStore:
     def _run(r: Sequence[Any]) -> RunRecord:
         return RunRecord(r[0], r[1], r[2], r[3], json.loads(r[4]), json.loads(r[5]))
 
+    # ── notes on how a run's numbers were made (an lm-eval task's own metric, …) ──
+    def save_notes(self, run_id: int, notes: Sequence[str]) -> None:
+        """The run's notes, in first-seen order, merged with any already kept (kept in `meta`,
+        so a store stays readable by a calmerge that does not know them)."""
+        merged = list(dict.fromkeys([*self.notes(run_id), *notes]))
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                (f"run{run_id}.notes", json.dumps(merged)),
+            )
+
+    def notes(self, run_id: int) -> list[str]:
+        row = self._conn.execute(
+            "SELECT value FROM meta WHERE key = ?", (f"run{run_id}.notes",)
+        ).fetchone()
+        return json.loads(row[0]) if row else []
+
     # ── the run's data, kept so reports can quote it without the original files ──
     def save_items(self, run_id: int, split: str, items: Sequence[Any]) -> None:
         """Questions of a split (Item-like: id, question, choices, answer), once per run."""

@@ -172,6 +172,8 @@ class Sweep:
         for task in self.tasks:
             for split, scorer in task.scorers.items():
                 self.store.save_items(self.run.id, task.key(split), scorer.items)
+        self._notes: list[str] = [n for t in self.tasks for b in t.benches.values() for n in b.notes]
+        self.store.save_notes(self.run.id, self._notes)
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
@@ -294,7 +296,12 @@ class Sweep:
         from calmerge.sweep.tasks import score_split
 
         result = task.scorers[split].score(self._model)
-        return score_split(task, split, result, self.cfg)
+        scored = score_split(task, split, result, self.cfg)
+        fresh = [n for n in scored.notes if n not in self._notes]
+        if fresh:  # e.g. a metric left out because it needs what was not measured
+            self._notes += fresh
+            self.store.save_notes(self.run.id, fresh)
+        return scored
 
     # ── the loop ──
     def _initial_lams(self, family: str) -> tuple[float, ...]:
