@@ -259,3 +259,28 @@ def test_lmeval_group_own_metric_task_and_a_file_in_one_sweep(tiny_pair, tasks, 
     assert result.verdict.has_items and np.isfinite(result.verdict.gain.lo)
     md = Path(result.markdown).read_text()  # the report says why mc2 has no calibration
     assert "process\\_results\\_mc2" in md and "note 1" in md
+
+
+def test_a_task_with_its_own_metric_sweeps_alone(tiny_pair, tmp_path):
+    """truthfulqa_mc2 alone: no gold, so no calibration; the sweep, its frontier (acc and the
+    gold-free entropy), verdict and report still work and say why ECE is absent."""
+    pytest.importorskip("lm_eval")
+    from lmeval_tasks import materialize
+
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    inc = materialize(tmp_path / "tasks")
+    base, aligned = (_longer_context(m, tmp_path / m.name) for m in tiny_pair)
+    cfg = load_sweep_config(None, dict(
+        base=str(base), aligned=str(aligned), grid=(0.0, 0.5, 1.0), extrapolate=(),
+        refine=True, max_refine_points=2, n_boot=40, device="cpu",
+        store=str(tmp_path / "runs.db"), out=str(tmp_path / "report"),
+        data=f"lmeval:calmerge_truthfulqa_mc2?include_path={inc}",
+    ))
+    result = api.sweep(cfg, progress=False)
+    assert "ece" not in result.verdict.objectives and result.verdict.has_items
+    assert any("calibration is not measured" in s for s in result.sentences)
+    with ResultStore(tmp_path / "runs.db") as db:
+        p = db.points(db.run().id, status="done")[0]
+        preds = db.predictions(p.id, "test")
+    assert all(x.score is not None for x in preds)  # the per-doc mc2 values, not pred == 0
+    assert (tmp_path / "report" / "report.html").is_file()
