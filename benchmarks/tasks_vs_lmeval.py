@@ -13,7 +13,7 @@ types, run here as subprocesses and timed by wall clock:
 lm-eval 0.4.13's own YAMLs — arc_easy and hellaswag (with its `utils.process_docs`) by default,
 piqa on request — copied from the installed package with only the task/tag names and the
 dataset changed: `dataset_path: json` over generated local documents in each dataset's real
-schema (no document lists a choice twice: calmerge refuses such an item, lm-eval scores it).
+schema (each document's choices distinct, as in the real datasets almost always).
 The model is score_vs_lmeval.py's random ~27M-parameter Llama with a trained byte-level BPE.
 Every task's acc and acc_norm must be identical in both outputs; the script prints both, the
 wall times and their ratio, the tokens each tool forwards (the ratio that sharing contexts
@@ -55,8 +55,8 @@ def _words(rng: random.Random, lo: int, hi: int) -> str:
 
 
 def _distinct(rng: random.Random, n: int, lo: int, hi: int, end: tuple[str, ...] = ("",)) -> list[str]:
-    """n different answers (calmerge refuses an item listing one choice twice; the real
-    datasets' rows do not)."""
+    """n different answers, as in the real datasets' rows (both tools score a repeated choice
+    the same way, the tie going to the first copy, but a tie says nothing about speed)."""
     out: list[str] = []
     while len(out) < n:
         text = _words(rng, lo, hi) + rng.choice(end)

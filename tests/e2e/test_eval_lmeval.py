@@ -84,3 +84,37 @@ def test_loglik_and_acc_match_lm_eval(tiny_pair, local_task):
         res = out["results"][task]
         assert np.mean(ours.correct) == pytest.approx(res["acc,none"])
         assert np.mean(ours.correct_norm) == pytest.approx(res["acc_norm,none"])
+
+
+def test_a_choice_listed_twice_is_scored_as_lm_eval_scores_it(tiny_pair, tmp_path):
+    """lm-eval runs documents that list a choice twice (some MMLU and HellaSwag docs do); the
+    copies tie and argmax takes the first. calmerge must run them too, with the same result."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from calmerge.eval.data import load_benchmark
+    from calmerge.eval.taskmetrics import benchmark_metrics
+
+    data = tmp_path / "dup.jsonl"
+    rows = [{"question": "The capital of France is", "choices": ["Rome", "Paris", "Rome"],
+             "answer": 2},
+            {"question": "Which animal barks at night?", "choices": ["a dog", "a dog"],
+             "answer": 1},
+            {"question": "The capital of Italy is", "choices": ["Rome", "ten"], "answer": 0}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (tmp_path / "dup.yaml").write_text(
+        TASK.format(name="calmerge_dup", data=data, text="{{question}}"))
+    lm = HFLM(pretrained=str(tiny_pair[1]), batch_size=8, device="cpu", dtype="float32")
+    out = simple_evaluate(model=lm, tasks=["calmerge_dup"], log_samples=True,
+                          task_manager=TaskManager(include_path=str(tmp_path)))
+    bench = load_benchmark(f"lmeval:calmerge_dup?include_path={tmp_path}")
+    assert [len(it.choices) for it in bench.items] == [3, 2, 2]
+    model, tok = load_model(tiny_pair[1], device="cpu", dtype="float32")
+    result = Scorer(tok, bench.items, template="{question}").score(model)
+    theirs = {s["doc_id"]: s for s in out["samples"]["calmerge_dup"]}
+    for i in range(3):
+        assert float(result.correct[i]) == theirs[i]["acc"]
+    got = benchmark_metrics(bench, result, n_boot=0, seed=0, n_bins=10)
+    assert got.metrics["acc"].value == pytest.approx(out["results"]["calmerge_dup"]["acc,none"])
+    assert result.correct[0] == 0 and result.correct[1] == 0  # the tie goes to the first copy

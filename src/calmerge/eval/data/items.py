@@ -82,7 +82,11 @@ def _answer_index(raw: Any, n_choices: int, where: str) -> int:
     return idx
 
 
-def _item(row: dict[str, Any], where: str, fallback_id: str) -> Item:
+def _item(
+    row: dict[str, Any], where: str, fallback_id: str, *, duplicates_ok: bool = False
+) -> Item:
+    """One validated item. `duplicates_ok`: a choice listed twice is kept (an lm-eval task's
+    documents, which lm-eval scores as they are, the tie going to the first), else refused."""
     for key in ("question", "choices", "answer"):
         if key not in row or row[key] is None:
             raise DataError(f"{where}: missing '{key}'", "rows need question, choices, answer")
@@ -105,7 +109,7 @@ def _item(row: dict[str, Any], where: str, fallback_id: str) -> Item:
     item_id = str(row.get("id", fallback_id))
     first: dict[str, int] = {}
     for i, c in enumerate(choices):
-        if c in first:
+        if c in first and not duplicates_ok:
             # identical choices score identically, so which one "wins" depends on their order
             raise DataError(
                 f"{where}: item '{item_id}' lists choice {c[:40]!r} twice "

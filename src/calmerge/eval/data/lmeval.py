@@ -425,7 +425,7 @@ def _doc_item(
         record = {"id": f"{name}-{doc_id}", "question": prefix, "choices": choices,
                   "answer": gold, "subject": name}
         return dataclasses.replace(
-            _item(record, where, fallback_id=record["id"]), partial=conts.pop()
+            _item(record, where, fallback_id=record["id"], duplicates_ok=True), partial=conts.pop()
         )
     if any(a[1] != delimiter + c for a, c in zip(args, choices, strict=True)):
         raise DataError(  # lm-eval builds every continuation as delimiter + choice
@@ -437,7 +437,9 @@ def _doc_item(
     # trailing whitespace moves into the continuation on encoding, as in `_encode_pair`)
     record = {"id": f"{name}-{doc_id}", "question": args[0][0], "choices": choices,
               "answer": gold, "subject": name}
-    item = _item(record, where, fallback_id=record["id"])
+    # lm-eval scores a document that lists a choice twice (MMLU and HellaSwag have some), the
+    # tie going to the first copy; so does calmerge, or it would refuse the task lm-eval runs
+    item = _item(record, where, fallback_id=record["id"], duplicates_ok=True)
     return dataclasses.replace(item, delimiter=delimiter) if delimiter != " " else item
 
 
