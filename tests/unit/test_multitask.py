@@ -176,3 +176,14 @@ def test_command_line_pairs_dev_with_data():
     assert task_overrides(["a", "b"], None) == {"data": [{"data": "a"}, {"data": "b"}]}
     with pytest.raises(ConfigError, match="2 --dev for 3 --data"):
         task_overrides(["a", "b", "c"], ["x", "y"])
+
+
+def test_pooled_smooth_ece_has_its_value_and_no_interval():
+    from calmerge.eval.calibration import smooth_ece
+
+    m = aggregate_metrics([A, B], kind="macro", n_boot=50, seed=0, n_bins=10)
+    conf = np.r_[A.view["confidence"], B.view["confidence"]]
+    ok = np.r_[A.view["correct"], B.view["correct"]]
+    assert m["smece"].value == pytest.approx(smooth_ece(conf, ok))
+    assert np.isnan(m["smece"].lo) and np.isnan(m["smece"].hi)
+    assert np.isfinite(m["ece"].lo)  # the cheap pooled metrics keep theirs

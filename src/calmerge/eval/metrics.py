@@ -364,17 +364,22 @@ def choice_view(result: Any) -> View:
 
 
 def view_metrics(
-    view: View, *, draws: np.ndarray | None, n_bins: int = 10
+    view: View, *, draws: np.ndarray | None, n_bins: int = 10,
+    expensive_intervals: bool = True,
 ) -> dict[str, Metric]:
     """The choice metrics of per-item arrays, with intervals from the given resamples (B, n)
     of item indices (None: no interval). Callers that resample within strata (the tasks of a
-    multi-task sweep) draw their own; `compute_metrics` draws plain ones."""
+    multi-task sweep) draw their own; `compute_metrics` draws plain ones.
+    `expensive_intervals=False`: an `expensive` metric gets its value and no interval (NaN)."""
     resamples: dict[int, Resamples] = {}
     out: dict[str, Metric] = {}
     for spec in specs("choices"):
         value = spec.fn(view, n_bins)
         if draws is None:
             out[spec.name] = Metric(value, value, value)
+            continue
+        if spec.expensive and not expensive_intervals:
+            out[spec.name] = Metric(value, float("nan"), float("nan"))
             continue
         use = draws[:EXPENSIVE_BOOT_CAP] if spec.expensive else draws
         if spec.rows is not None:
