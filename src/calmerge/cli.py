@@ -201,7 +201,7 @@ def _eval_rows(metrics: dict, diversity: dict | None) -> list[tuple[str, str, st
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Model directory or hub id (offline cache).")],
-    data: Annotated[str, typer.Option("--data", help="Items: JSONL/CSV, hf:… or lmeval:…")],
+    data: Annotated[str, typer.Option("--data", help="Items: JSONL/CSV, hf:… or lmeval:… (an lmeval task's include_path runs that folder's !function Python).")],
     prompts: Annotated[
         Path | None, typer.Option("--prompts", help="Open-ended prompts for diversity.")
     ] = None,
