@@ -350,7 +350,7 @@ class SweepConfig(EvalSettings):
         if isinstance(self.data, tuple):
             if self.dev is not None:
                 raise Choice(ConfigError(
-                    "'dev' is given once for several tasks",
+                    "'dev' is given at the top level while 'data' lists tasks",
                     "give each task its own dev split (data: [{data: X, dev: Y}, …], or"
                     " --dev once per --data, in the same order)",
                 ))

@@ -72,7 +72,7 @@ def unknown_aggregate(tmp, pair):
 CASES = [
     Case("task-name-twice", "Two --data files with the same name (a.jsonl in two folders)", same_name_twice, "two tasks are named 'a'"),
     Case("task-dev-count", "Two --dev for three --data", dev_count_mismatch, "2 --dev for 3 --data"),
-    Case("task-dev-once", "One top-level dev for several tasks", dev_once_for_many, "'dev' is given once for several tasks"),
+    Case("task-dev-once", "One top-level dev for several tasks", dev_once_for_many, "'dev' is given at the top level while 'data' lists tasks"),
     Case("task-dev-some", "One task with a dev split, another without", some_tasks_without_dev, "has a dev split and task"),
     Case("task-name-at", "A task name containing '@' (the store's task separator)", task_name_with_at, "data.0.name"),
     Case("task-key-typo", "A misspelt key in a task entry", task_key_typo, "did you mean"),

@@ -187,3 +187,14 @@ def test_pooled_smooth_ece_has_its_value_and_no_interval():
     assert m["smece"].value == pytest.approx(smooth_ece(conf, ok))
     assert np.isnan(m["smece"].lo) and np.isnan(m["smece"].hi)
     assert np.isfinite(m["ece"].lo)  # the cheap pooled metrics keep theirs
+
+
+def test_a_one_entry_task_list_is_a_single_task_sweep():
+    from calmerge.config import SweepConfig
+    from calmerge.report.sentences import data_meta
+
+    cfg = SweepConfig(base="b", aligned="a", data=[{"data": "t.jsonl", "dev": "d.jsonl"}])
+    assert not cfg.multi_task and cfg.tasks()[0].dev == "d.jsonl"
+    assert data_meta(cfg) == {"test data": "t.jsonl", "dev data": "d.jsonl"}
+    with pytest.raises(Exception, match="given at the top level"):
+        SweepConfig(base="b", aligned="a", data=["t.jsonl"], dev="d.jsonl")

@@ -116,8 +116,9 @@ def temperature_sentence(v: Verdict) -> str | None:
 
 def data_meta(cfg: Any) -> dict[str, str]:
     """The report's lines saying what was scored: the test and dev data, or each task's."""
-    if not cfg.multi_task:
-        return {"test data": cfg.data, "dev data": cfg.dev or "none (pick chosen on test)"}
+    if not cfg.multi_task:  # one task, given as a reference or as a one-entry list
+        task = cfg.tasks()[0]
+        return {"test data": task.data, "dev data": task.dev or "none (pick chosen on test)"}
     out = {
         f"task {t.name or i + 1}": t.data + (f" (dev: {t.dev})" if t.dev else "")
         + f" · {t.mode} · {t.prompt_format}" + (f" · {t.fewshot}-shot" if t.fewshot else "")
