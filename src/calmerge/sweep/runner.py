@@ -3,7 +3,9 @@
 Why this shape: the expensive parts (loading the model, tokenising the data) happen once; each
 point only rewrites the weights in place and re-scores pre-tokenised data. Every finished point
 is one committed transaction in the results store, so a killed sweep resumes at the first
-unfinished point and a second sweep on the same store skips what the first one holds.
+unfinished point and a second sweep on the same store skips what the first one holds. With
+several tasks (`sweep.tasks`) the weights are rewritten once per point and each task is
+committed as soon as it is scored, so a point killed midway resumes with the tasks it finished.
 """
 
 from __future__ import annotations
