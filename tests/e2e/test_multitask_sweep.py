@@ -151,7 +151,7 @@ def test_a_crash_mid_point_resumes_with_the_tasks_it_had_finished(
         Sweep(cfg).execute(progress=False)
     with ResultStore(tmp_path / "runs.db") as db:
         (pid,) = [p.id for p in db.points(db.run().id) if p.lam == 0.0]
-        assert db.saved_splits(pid) == {"test@fruit", "dev@fruit"}
+        assert set(db.metrics(pid)) == {"test@fruit", "dev@fruit"}
         assert db.points(db.run().id, status="done") == []
         before = db._conn.execute(
             "SELECT rowid FROM predictions WHERE point_id = ? ORDER BY rowid", (pid,)

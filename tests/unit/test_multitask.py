@@ -80,7 +80,7 @@ def test_a_task_without_gold_is_left_out_of_calibration_but_not_accuracy():
 
 def test_item_weights_reproduce_the_aggregate():
     for kind in ("macro", "micro"):
-        w = item_weights([A, B], kind)
+        w = item_weights([A.weight, B.weight], kind)
         s = np.r_[A.score, B.score]
         agg = aggregate_metrics([A, B], kind=kind, n_boot=0, seed=0, n_bins=10)["acc"].value
         assert (w * s).sum() / w.sum() == pytest.approx(agg)
@@ -126,17 +126,17 @@ def test_store_keeps_finished_tasks_of_an_unfinished_point(tmp_path):
     rows = [Prediction("q1", 0, 0, 0.9, [-0.1, -2.0], score=0.25, weight=2.0)]
     db.save_splits(pid, metrics={"test@a": {"acc": (0.25, 0.1, 0.4)}},
                    predictions={"test@a": rows})
-    assert db.saved_splits(pid) == {"test@a"}
+    assert set(db.metrics(pid)) == {"test@a"}
     assert db.points(run.id, status="done") == []
     assert db.predictions(pid, "test@a")[0].value == 0.25
     db.finish_point(pid, metrics={"test": {"acc": (0.5, 0.4, 0.6)}}, predictions={},
                     keep=["test@a"])
-    assert db.saved_splits(pid) == {"test", "test@a"}
+    assert set(db.metrics(pid)) == {"test", "test@a"}
     got = db.predictions(pid, "test@a")[0]
     assert (got.score, got.weight) == (0.25, 2.0)
     # a retry that keeps nothing drops the old task rows
     db.finish_point(pid, metrics={"test": {"acc": (0.5, 0.4, 0.6)}}, predictions={})
-    assert db.saved_splits(pid) == {"test"}
+    assert set(db.metrics(pid)) == {"test"}
 
 
 def test_a_store_written_before_item_scores_gains_the_columns(tmp_path):

@@ -29,9 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from calmerge.eval.calibration import View
-from calmerge.eval.metrics import METRICS, Metric, view_metrics
+from calmerge.eval.metrics import AGGREGATES, METRICS, Metric, task_shares, view_metrics
 
-AGGREGATES = ("macro", "micro")
 #: the accuracy-like metrics aggregated over tasks (the rest are pooled over items)
 TASK_MEANS = ("acc", "acc_norm")
 
@@ -57,20 +56,13 @@ class TaskOutcome:
         return len(self.score)
 
 
-def task_shares(sizes: Sequence[int], kind: str) -> np.ndarray:
-    """Each task's share of the aggregate accuracy: equal (macro) or by item count (micro)."""
-    if kind not in AGGREGATES:
-        raise ValueError(f"aggregate {kind!r}: use macro or micro")
-    n = np.asarray(sizes, dtype=float)
-    return np.full(len(n), 1.0 / len(n)) if kind == "macro" else n / n.sum()
-
-
-def item_weights(tasks: Sequence[TaskOutcome], kind: str) -> np.ndarray:
-    """Per-item weights over all tasks (concatenated in order) whose weighted mean of the
-    items' scores is the aggregate accuracy: a task's share spread over its items by their
-    own weights. The verdict's paired bootstrap reads these."""
-    shares = task_shares([t.n for t in tasks], kind)
-    return np.concatenate([s * t.weight / t.weight.sum() for s, t in zip(shares, tasks, strict=True)])
+def item_weights(weights: Sequence[np.ndarray], kind: str) -> np.ndarray:
+    """Per-item weights over all tasks (concatenated in order), given each task's own item
+    weights, whose weighted mean of the items' scores is the aggregate accuracy: a task's
+    share spread over its items by their own weights. The verdict's paired bootstrap reads
+    these (`results.points`)."""
+    shares = task_shares([len(w) for w in weights], kind)
+    return np.concatenate([s * w / w.sum() for s, w in zip(shares, weights, strict=True)])
 
 
 def stratified_draws(sizes: Sequence[int], n_boot: int, seed: int) -> np.ndarray | None:

@@ -303,11 +303,21 @@ generation_metric("embed_distance", "max", label="embedding diversity",
                   needs_embedder=True)(div.embedding_distance)
 
 
+AGGREGATES = ("macro", "micro")
+
+
+def task_shares(sizes: Sequence[int], kind: str) -> np.ndarray:
+    """Each task's share of an aggregate over tasks: equal (macro) or by item count (micro)."""
+    if kind not in AGGREGATES:
+        raise ValueError(f"aggregate {kind!r}: use macro or micro")
+    n = np.asarray(sizes, dtype=float)
+    return np.full(len(n), 1.0 / len(n)) if kind == "macro" else n / n.sum()
+
+
 def _over_tasks(metric: str, weighted: bool) -> TasksFn:
     def combine(tasks: Sequence[dict[str, Metric]], sizes: Sequence[int]) -> float:
         values = np.array([t[metric].value for t in tasks])
-        w = np.asarray(sizes, dtype=float) if weighted else np.ones(len(values))
-        return float(values @ w / w.sum())
+        return float(task_shares(sizes, "micro" if weighted else "macro") @ values)
 
     combine.__doc__ = f"The tasks' {metric}, {'item-weighted' if weighted else 'each task equal'}."
     return combine

@@ -37,7 +37,7 @@ def load_points(
     given the items of all its tasks, weighted as `aggregate` (macro/micro) weighs the tasks
     and stratified by task, with reliability bins pooled over the tasks that have gold.
     """
-    from calmerge.eval.aggregate import task_shares
+    from calmerge.eval.aggregate import item_weights
 
     out = []
     for rec in store.points(run_id, status="done"):
@@ -55,9 +55,8 @@ def load_points(
                 continue
             values = [np.array([p.value for p in ps]) for ps in parts]
             own = [np.array([1.0 if p.weight is None else p.weight for p in ps]) for ps in parts]
-            shares = task_shares([len(v) for v in values], aggregate) if len(parts) > 1 else [1.0]
             correct[split] = np.concatenate(values)
-            w = np.concatenate([s_ * w_ / w_.sum() for s_, w_ in zip(shares, own, strict=True)])
+            w = item_weights(own, aggregate)
             if len(parts) > 1 or not np.allclose(w, w[0]):
                 weights[split] = w
             if len(parts) > 1:

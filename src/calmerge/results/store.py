@@ -421,13 +421,6 @@ class ResultStore:
         with self._tx() as c:
             self._write_splits(c, point_id, metrics, predictions)
 
-    def saved_splits(self, point_id: int) -> set[str]:
-        """The splits of a point that hold metrics (finished tasks of an unfinished point)."""
-        rows = self._conn.execute(
-            "SELECT DISTINCT split FROM metrics WHERE point_id = ?", (point_id,)
-        )
-        return {r[0] for r in rows}
-
     @staticmethod
     def _write_splits(
         c: sqlite3.Connection,

@@ -175,7 +175,8 @@ class Sweep:
             for split, scorer in task.scorers.items():
                 self.store.save_items(self.run.id, task.key(split), scorer.items)
         self._notes: list[str] = [n for t in self.tasks for b in t.benches.values() for n in b.notes]
-        self.store.save_notes(self.run.id, self._notes)
+        if self._notes:
+            self.store.save_notes(self.run.id, self._notes)
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
@@ -228,9 +229,16 @@ class Sweep:
         from calmerge.sweep.tasks import stored_split
 
         cfg = self.cfg
-        saved = self.store.saved_splits(point_id) if point_id is not None else set()
         multi = cfg.multi_task and point_id is not None
+        saved = self.store.metrics(point_id) if multi else {}  # tasks an earlier attempt saved
         applied = False
+
+        def apply() -> None:  # the weights are rewritten once per point, and only if needed
+            nonlocal applied
+            if not applied:
+                self._load()
+                self._interp.apply(family, lam)
+                applied = True
         metrics: dict[str, dict[str, tuple[float, float, float]]] = {}
         preds: dict[str, list[Prediction]] = {}
         outcomes: dict[str, list] = {}
@@ -238,21 +246,17 @@ class Sweep:
             scored = {}
             for split in task.scorers:
                 key = task.key(split)
-                if multi and key in saved:
+                if key in saved:
                     got = stored_split(
-                        task, split, self.store.metrics(point_id)[key],
-                        self.store.predictions(point_id, key),
+                        task, split, saved[key], self.store.predictions(point_id, key)
                     )
                 else:
-                    if not applied:
-                        self._load()
-                        self._interp.apply(family, lam)
-                        applied = True
+                    apply()
                     got = self._score(task, split)
                 scored[key] = got
                 outcomes.setdefault(split, []).append(got.outcome)
                 advance(len(got.predictions))
-            fresh = {k: v for k, v in scored.items() if k not in saved or not multi}
+            fresh = {k: v for k, v in scored.items() if k not in saved}
             if multi and fresh:
                 self.store.save_splits(
                     point_id,
@@ -273,9 +277,7 @@ class Sweep:
             from calmerge.eval.generate import sample_generations
             from calmerge.eval.metrics import diversity_metrics
 
-            if not applied:
-                self._load()
-                self._interp.apply(family, lam)
+            apply()
             samples = sample_generations(
                 self._model,
                 self._tokenizer,

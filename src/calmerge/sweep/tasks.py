@@ -201,13 +201,11 @@ def stored_split(
     """A split a killed run had finished, rebuilt from the store exactly as it was scored:
     the log-likelihoods are stored, so the answer distribution, predictions and calmerge's
     per-item arrays follow from them with the scorer's own normalisation lengths."""
+    from calmerge.analysis.baseline import choice_arrays
     from calmerge.eval.score import finalize
 
     scorer = task.scorers[split]
-    n, width = scorer.mask.shape
-    ll = np.full((n, width), -np.inf)
-    for i, p in enumerate(preds):
-        ll[i, : len(p.logprobs)] = p.logprobs
+    ll, _, _ = choice_arrays(preds)  # as wide as the widest item, as the scorer's arrays are
     result = finalize(
         [p.item_id for p in preds], ll, scorer.mask, scorer.answer, scorer.norm_lengths,
         scorer.mode,
