@@ -24,18 +24,20 @@ from transformers import AutoTokenizer, MistralConfig, MistralForCausalLM
 from calmerge.errors import DataError
 from calmerge.eval.data import Item
 from calmerge.eval.loading import load_model
+from calmerge.eval.packing import (
+    Encoded,
+    common_prefix_len,
+    encode_partial,
+    pack_batch,
+    unpack_batch,
+)
 from calmerge.eval.prompts import PromptBuilder
 from calmerge.eval.score import (
     FULL,
     SLIDING,
-    Encoded,
     Scorer,
     _target_scores,
-    common_prefix_len,
-    encode_partial,
     finalize,
-    pack_batch,
-    unpack_batch,
 )
 
 TEMPLATE = "{question}"  # the lm-eval source's native template: the question is the prompt
