@@ -177,7 +177,7 @@ def evaluate(cfg: EvalConfig, *, progress: bool = False) -> EvalReport:
     from calmerge.report.evaluation import write_eval_diagram, write_eval_json
 
     write_eval_json(
-        out_json, config=cfg.model_dump(mode="json"), metrics=ev.metrics,
+        out_json, config={**cfg.model_dump(mode="json"), "dtype": ev.dtype}, metrics=ev.metrics,
         reliability=ev.reliability, diversity=ev.diversity, predictions=ev.result.predictions(),
         samples=ev.samples, seconds=ev.seconds, notes=ev.notes, breakdown=ev.breakdown,
     )
@@ -202,6 +202,9 @@ class SweepReport:
     sentences: list[str]
     computed: int
     skipped: int
+    #: where the parents lived this session (None when every point was already stored)
+    placement: str | None = None
+    dtype: str = "float32"  # the dtype the model was scored in (`--dtype auto` resolved)
 
 
 def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
@@ -223,6 +226,8 @@ def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
         sentences=written.sentences,
         computed=len(outcome.computed),
         skipped=len(outcome.skipped),
+        placement=outcome.placement,
+        dtype=runner.cfg.dtype,
     )
 
 

@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover
     import click
 from rich.console import Console
 
-from calmerge.errors import CalmergeError
+from calmerge.errors import CalmergeError, ConfigError
 
 app = typer.Typer(
     name="calmerge",
@@ -198,6 +198,23 @@ def _eval_rows(metrics: dict, diversity: dict | None) -> list[tuple[str, str, st
     return rows
 
 
+DTYPE_HELP = "auto (the checkpoint's own: bf16 for most released models), float32, bfloat16, float16."
+DEVICE_MAP_HELP = "Dispatch a model bigger than one device with accelerate: auto, balanced, sequential."
+MAX_MEMORY_HELP = "Caps per device for --device-map, e.g. '0=20GiB,cpu=60GiB'."
+FORM_HELP = "How choices read their context: auto (the faster on this device, timed), packed (one sequence per question), prefix (the context's KV cache)."
+BATCH_HELP = "Questions per forward: auto (the most that fit in free memory) or a number."
+
+
+def _parse_batch(text: str | None) -> int | str | None:
+    """--batch-size: 'auto' or a positive whole number (the config validates the range)."""
+    if text is None or text.strip() == "auto":
+        return None if text is None else "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"--batch-size '{text}': not a number", "use auto or e.g. 32") from None
+
+
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="Model directory or hub id (offline cache).")],
@@ -213,9 +230,12 @@ def eval_cmd(
         typer.Option("--prompt-template", help="e.g. '{question}\\n{choices}\\nAnswer:'."),
     ] = None,
     prompt_format: Annotated[str | None, typer.Option("--prompt-format", help="plain or chat.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="float32, bfloat16, float16.")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help=DTYPE_HELP)] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Questions per forward.")] = None,
+    device_map: Annotated[str | None, typer.Option("--device-map", help=DEVICE_MAP_HELP)] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help=MAX_MEMORY_HELP)] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help=BATCH_HELP)] = None,
+    scoring_form: Annotated[str | None, typer.Option("--scoring-form", help=FORM_HELP)] = None,
     samples: Annotated[int | None, typer.Option("--samples", "-k", help="Samples per prompt.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens")] = None,
     temperature: Annotated[float | None, typer.Option("--temperature")] = None,
@@ -243,7 +263,8 @@ def eval_cmd(
         "model": model, "data": str(data), "prompts": str(prompts) if prompts else None,
         "dev": str(dev) if dev else None, "fewshot": fewshot, "mode": mode,
         "prompt_template": template, "prompt_format": prompt_format, "dtype": dtype,
-        "device": device, "batch_size": batch_size, "samples": samples,
+        "device": device, "device_map": device_map, "max_memory": max_memory,
+        "batch_size": _parse_batch(batch_size), "scoring_form": scoring_form, "samples": samples,
         "max_new_tokens": max_new_tokens, "temperature": temperature, "top_p": top_p,
         "stop_token_ids": _parse_ids(stop_ids), "embed_diversity": False if no_embed else None, "n_boot": n_boot, "seed": seed,
         "output": str(output) if output else None,
@@ -269,7 +290,7 @@ def eval_cmd(
         console.print(parts)
     for note in ev.notes:
         console.print(f"note: {note}", highlight=False)
-    console.print(f"scored in {ev.seconds:.1f} s", highlight=False)
+    console.print(f"scored in {ev.seconds:.1f} s ({ev.dtype})", highlight=False)
     if report.output is not None:
         also = f" and {report.diagram}" if report.diagram else " (no reliability diagram: no gold)"
         console.print(f"wrote [bold]{report.output}[/]{also}", highlight=False)
@@ -298,8 +319,13 @@ def sweep_cmd(
     mode: Annotated[str | None, typer.Option(help="loglik or letter scoring.")] = None,
     prompt_template: Annotated[str | None, typer.Option(help="e.g. '{question}'.")] = None,
     prompt_format: Annotated[str | None, typer.Option(help="plain or chat.")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 or float16.")] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device_map: Annotated[str | None, typer.Option("--device-map", help=DEVICE_MAP_HELP)] = None,
+    max_memory: Annotated[str | None, typer.Option("--max-memory", help=MAX_MEMORY_HELP)] = None,
+    batch_size: Annotated[str | None, typer.Option("--batch-size", help=BATCH_HELP)] = None,
+    scoring_form: Annotated[str | None, typer.Option("--scoring-form", help=FORM_HELP)] = None,
+    parents: Annotated[str | None, typer.Option("--parents", help="Where the parents live between points: auto (in memory when they fit), resident, streamed.")] = None,
     samples: Annotated[int | None, typer.Option("--samples", "-k", help="Samples per open-ended prompt.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="New tokens per sample at most.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
@@ -324,7 +350,9 @@ def sweep_cmd(
         "refine": False if no_refine else None, "resolution": resolution,
         "families": tuple(family) if family else None, "mode": mode,
         "prompt_template": prompt_template, "prompt_format": prompt_format, "dtype": dtype,
-        "device": device, "samples": samples, "max_new_tokens": max_new_tokens,
+        "device": device, "device_map": device_map, "max_memory": max_memory,
+        "batch_size": _parse_batch(batch_size), "scoring_form": scoring_form, "parents": parents,
+        "samples": samples, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "top_p": top_p, "stop_token_ids": _parse_ids(stop_ids),
         "seed": seed, "pick": pick,
         "store": str(store) if store else None, "out": str(out) if out else None,
@@ -340,6 +368,8 @@ def _print_verdict(result) -> None:
         f"run {result.run_id}: {result.computed} points computed, {result.skipped} already in "
         f"{result.store}"
     )
+    if result.placement:
+        console.print(f"scored in {result.dtype}; {result.placement}", highlight=False)
     for sentence in result.sentences:
         console.print(f"[bold]•[/] {sentence}", highlight=False)
     console.print(f"report: {result.html}")

@@ -244,9 +244,19 @@ class EvalSettings(Frozen):
     mode: Literal["loglik", "letter"] = "loglik"
     prompt_template: str | None = None
     prompt_format: Literal["plain", "chat"] = "plain"
-    dtype: EvalDtype = "float32"
+    #: "auto": the checkpoint's own dtype (bf16 for the paper's models), as lm-eval's default
+    dtype: EvalDtype = "auto"
     device: Device = "auto"
-    batch_size: int = Field(32, ge=1)
+    #: accelerate's dispatch for models bigger than one device (then `device` is not used)
+    device_map: Literal["auto", "balanced", "balanced_low_0", "sequential"] | None = None
+    #: caps per device for `device_map`, accelerate's form: "0=20GiB,1=20GiB,cpu=60GiB"
+    max_memory: str | None = Field(None, max_length=400)
+    #: questions per forward; "auto": the most that fit the device's free memory, backing off
+    #: on out-of-memory
+    batch_size: int | Literal["auto"] = "auto"
+    #: how choices read their context: packed (one sequence per question, block mask), prefix
+    #: (the context's KV cache), or auto (both timed on the first batch, the faster kept)
+    scoring_form: Literal["auto", "packed", "prefix"] = "auto"
     samples: int = Field(8, ge=2, le=256)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
@@ -261,6 +271,23 @@ class EvalSettings(Frozen):
     trust_remote_code: bool = False
     allow_pickle: bool = False
 
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65536:
+            raise ValueError(f"{v!r}: use auto or a whole number from 1 to 65536")
+        return v
+
+    @field_validator("max_memory")
+    @classmethod
+    def _max_memory(cls, v: str | None) -> str | None:
+        try:
+            parse_max_memory(v)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return v
 
 
 def _check_fewshot(fewshot: int | None, dev: str | None, where: str = "") -> None:
@@ -329,6 +356,9 @@ class SweepConfig(EvalSettings):
     max_refine_points: int = Field(6, ge=0, le=100)
     families: tuple[str, ...] = ("linear",)
     density: float = Field(0.5, gt=0, le=1)
+    #: where the parents live between points (`sweep.parents`): held in memory when they fit
+    #: (auto), always (resident), or streamed (pinned host memory on a GPU, else disk)
+    parents: Literal["auto", "resident", "streamed"] = "auto"
     objectives: tuple[str, ...] | None = None
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
@@ -480,6 +510,10 @@ IDENTITY_EXCLUDED: dict[str, str] = {
     "trust_remote_code": "a permission to run the checkpoint's code, not a setting",
     "device": "where it runs; scores agree across devices within float tolerance",
     "batch_size": "how many questions share a forward pass; packing is exact per question",
+    "device_map": "where the same weights are placed; the arithmetic is the same",
+    "max_memory": "where the same weights are placed; the arithmetic is the same",
+    "scoring_form": "how the same log-likelihoods are computed; equal within 1e-5 (tested)",
+    "parents": "where the parents live between points; a point's weights are identical (tested)",
 }
 
 
@@ -489,6 +523,27 @@ MAX_GRID_POINTS = 10_000
 #: the most tasks one sweep scores: each is scored at every point; more is a generated list gone
 #: wrong (lm-eval groups such as mmlu count as one task, however many subtasks they hold)
 MAX_TASKS = 64
+
+
+def parse_max_memory(text: str | None) -> dict[Any, str | int] | None:
+    """`--max-memory "0=20GiB,cpu=60GiB"` → accelerate's {0: "20GiB", "cpu": "60GiB"}."""
+    if not text:
+        return None
+    out: dict[Any, str | int] = {}
+    for part in text.split(","):
+        key, sep, value = part.strip().partition("=")
+        key = key.strip()
+        if not sep or not value.strip() or not (key.isdigit() or key in ("cpu", "disk")
+                                                or key.startswith("cuda:")):
+            raise ConfigError(
+                f"--max-memory '{part.strip()}': expected DEVICE=SIZE",
+                "e.g. --max-memory 0=20GiB,1=20GiB,cpu=60GiB",
+            )
+        if key.startswith("cuda:"):
+            key = key.removeprefix("cuda:")
+        size = value.strip()  # accelerate reads "20GiB"/"500MB" strings, and bare bytes as ints
+        out[int(key) if key.isdigit() else key] = int(size) if size.isdigit() else size
+    return out
 
 
 def parse_grid(text: str, flag: str = "--grid") -> tuple[float, ...]:

@@ -40,9 +40,15 @@ KERNEL_TAGS = {tag: TAGS[tag][1] for tag in ("F32", "BF16", "F16")}
 MERGE_DTYPES = {"float32": "F32", "float64": "F64", "bfloat16": "BF16", "float16": "F16"}
 MergeDtype = Literal["float32", "float64", "bfloat16", "float16"]
 
-#: dtypes a model is evaluated in.
+#: dtypes a model is evaluated in; "auto" is the checkpoint's own (`auto_eval_dtype`).
 EVAL_DTYPES = ("float32", "bfloat16", "float16")
-EvalDtype = Literal["float32", "bfloat16", "float16"]
+EvalDtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+#: the evaluation dtype of a checkpoint stored in each float tag (lm-eval's and transformers'
+#: `dtype="auto"`: the stored dtype; float64 and fp8 have no fast kernels to run in, so they are
+#: evaluated in the nearest dtype that does)
+AUTO_EVAL = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float32",
+             "F8_E4M3": "bfloat16", "F8_E5M2": "bfloat16"}
 Device = Literal["auto", "cpu", "cuda"]
 
 
@@ -83,6 +89,15 @@ def merge_tag(name: Any, what: str = "dtype") -> str | None:
             did_you_mean(key, MERGE_DTYPES) or f"use {list(MERGE_DTYPES)}",
         )
     return MERGE_DTYPES[key]
+
+
+def auto_eval_dtype(tag_counts: dict[str, int]) -> str:
+    """`--dtype auto` for a checkpoint with `tag_counts` (parameters per safetensors tag): the
+    evaluation dtype of the float tag holding the most parameters; float32 if none is float."""
+    floats = {t: n for t, n in tag_counts.items() if t in AUTO_EVAL}
+    if not floats:
+        return "float32"
+    return AUTO_EVAL[max(floats, key=lambda t: (floats[t], t))]
 
 
 def eval_dtype(name: str) -> torch.dtype:

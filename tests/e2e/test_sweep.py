@@ -122,9 +122,11 @@ def extended_pair(tiny_pair, tmp_path_factory):
      ("dare_ties", (0.5,), "extended_pair"), ("dare_linear", (1.1,), "tiny_pair"),
      ("task_arithmetic", (0.8,), "tiny_pair")],
 )
-def test_sweep_point_weights_equal_merge_engine(request, tmp_path, family, lams, pair):
+@pytest.mark.parametrize("parents", ["resident", "streamed"])
+def test_sweep_point_weights_equal_merge_engine(request, tmp_path, family, lams, pair, parents):
     """The in-place θ(λ) of the sweep and `calmerge merge` at the same λ are the same weights —
-    also the rows an aligned model added to the vocabulary, which only it has."""
+    also the rows an aligned model added to the vocabulary, which only it has — whether the
+    parents are held in memory or read from disk per point."""
     from calmerge.eval.loading import load_model
     from calmerge.io.models import open_checkpoint
     from calmerge.merge.engine import merge_pair
@@ -133,8 +135,10 @@ def test_sweep_point_weights_equal_merge_engine(request, tmp_path, family, lams,
     base, aligned = request.getfixturevalue(pair)
     model, _ = load_model(str(aligned), dtype="float32", device="cpu")
     interp = LiveInterpolator(
-        model, open_checkpoint(base), open_checkpoint(aligned), density=0.6, seed=3
+        model, open_checkpoint(base), open_checkpoint(aligned), density=0.6, seed=3,
+        parents=parents,
     )
+    assert interp.placement.where == {"resident": "device", "streamed": "disk"}[parents]
     for lam in lams:
         interp.apply(family, lam)
         out = merge_pair(base, aligned, lam, tmp_path / f"{family}{lam}", method=family,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from calmerge.config import EvalConfig
+from calmerge.config import EvalConfig, parse_max_memory
 from calmerge.errors import DataError
 from calmerge.eval.calibration import reliability_bins
 from calmerge.eval.data import Benchmark, load_benchmark, load_items, load_prompts, native_template
@@ -43,6 +43,7 @@ class Evaluation:
     seconds: float
     notes: tuple[str, ...] = ()
     breakdown: dict[str, dict[str, Metric]] = field(default_factory=dict)
+    dtype: str = "float32"  # what the model was scored in (`--dtype auto` resolved)
 
 
 def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
@@ -58,10 +59,12 @@ def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
     scorer = Scorer(
         tokenizer, items, mode=cfg.mode, template=cfg.prompt_template or native_template(cfg.data),
         prompt_format=cfg.prompt_format, fewshot=fewshot, batch_size=cfg.batch_size,
+        form=cfg.scoring_form,
     )
     model, tokenizer = load_model(
         cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code,
-        allow_pickle=cfg.allow_pickle, tokenizer=tokenizer,
+        allow_pickle=cfg.allow_pickle, tokenizer=tokenizer, device_map=cfg.device_map,
+        max_memory=parse_max_memory(cfg.max_memory),
     )
     scorer.check_context(context_limit(model))
     start = time.perf_counter()
@@ -84,6 +87,7 @@ def evaluate_model(cfg: EvalConfig, *, progress: bool = False) -> Evaluation:
     return Evaluation(
         scores.metrics, result, reliability, diversity, samples, time.perf_counter() - start,
         notes=scores.notes + prompt_notes, breakdown=scores.breakdown,
+        dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
     )
 
 

@@ -88,6 +88,7 @@ def sample_generations(
     """
     import torch
 
+    from calmerge.eval.loading import input_device
     from calmerge.eval.score import _maybe_progress, context_limit
 
     encoded = build_generation_prompts(tokenizer, prompts, chat=chat)
@@ -101,6 +102,7 @@ def sample_generations(
                 "shorten the prompt or lower max_new_tokens",
             )
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = input_device(model)
     results: list[list[str]] = []
     batches = range(0, len(encoded), max(1, batch_size))
     with torch.inference_mode(), _maybe_progress(progress, len(batches)) as advance:
@@ -114,8 +116,8 @@ def sample_generations(
                 mask[r, width - len(x) :] = 1
             torch.manual_seed(seed * 1_000_003 + b)
             out = model.generate(
-                input_ids=ids.to(model.device),
-                attention_mask=mask.to(model.device),
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 do_sample=True,
                 temperature=temperature,
                 top_p=top_p,

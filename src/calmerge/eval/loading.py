@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from calmerge.dtypes import eval_dtype, resolve_device
+from calmerge.dtypes import auto_eval_dtype, eval_dtype, resolve_device
 from calmerge.errors import CheckpointError
 from calmerge.io.text import utf8_text
 
@@ -47,6 +47,42 @@ def load_tokenizer(
     return tok
 
 
+def resolve_dtype(
+    dtype: str,
+    source: str | Path,
+    *,
+    base: str | Path | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> str:
+    """`dtype`, or for "auto" the dtype `source`'s weights are stored in (bf16 for the paper's
+    checkpoints; an adapter's is its base's), read from the safetensors headers."""
+    if dtype != "auto":
+        eval_dtype(dtype)  # one line for an unknown name
+        return dtype
+    from calmerge.io.models import open_checkpoint
+
+    ckpt = open_checkpoint(
+        source, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
+    ckpt = getattr(ckpt, "base", ckpt)  # an adapter's weights are its base's
+    return auto_eval_dtype(ckpt.tag_counts)
+
+
+def input_device(model: Any) -> Any:
+    """Where a model's inputs go: its device, or for an accelerate-dispatched model the
+    execution device of its first module (`model.device` is `meta` when that is offloaded)."""
+    import torch
+
+    dmap = getattr(model, "hf_device_map", None)
+    if dmap:
+        for dev in dmap.values():
+            if dev not in ("cpu", "disk", "meta"):
+                return torch.device(f"cuda:{dev}" if isinstance(dev, int) else dev)
+        return torch.device("cpu")
+    return model.device
+
+
 def load_model(
     source: str | Path,
     *,
@@ -57,11 +93,20 @@ def load_model(
     merge_adapter: bool = True,
     allow_pickle: bool = False,
     tokenizer: Any = None,
+    device_map: str | dict | None = None,
+    max_memory: dict[Any, str] | None = None,
 ) -> tuple[Any, Any]:
     """(model in eval mode on `device` in `dtype`, tokenizer) from a directory or hub id.
 
     `tokenizer`: the one the caller already loaded from `source` (to build prompts before the
-    model loads); it is returned instead of loading the tokenizer a second time.
+    model loads); it is returned instead of loading the tokenizer a second time. `dtype`
+    "auto": the checkpoint's own (`resolve_dtype`).
+
+    `device_map` ("auto", "balanced", "sequential" or a {module: device} dict) dispatches the
+    model with accelerate over the GPUs, then the CPU, then disk (`max_memory` caps each), for
+    checkpoints that do not fit one device; `device` is then not used. Disk-offloaded weights
+    are read by accelerate from the checkpoint's own files (a sweep rewrites them through
+    `sweep.offload`, never in those files).
 
     A LoRA adapter directory loads its base (`base`, else the adapter config's) and then peft's
     `merge_and_unload()`: a plain transformers model with the merged weights, equal to the
@@ -73,8 +118,11 @@ def load_model(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI draws its own progress; tqdm bars are noise
+    dtype = resolve_dtype(
+        dtype, source, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+    )
     torch_dtype = eval_dtype(dtype)
-    dev = resolve_device(device)
+    dev = resolve_device(device) if device_map is None else None
     adapter = _adapter_dir(source)
     weights: str | Path = source
     if adapter is not None:
@@ -90,19 +138,38 @@ def load_model(
     _check_config(weights)
     if tokenizer is None:
         tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code, base=base)
+    dispatch: dict[str, Any] = {}
+    if device_map is not None:
+        dispatch = {"device_map": device_map, "max_memory": max_memory,
+                    "offload_folder": _offload_folder()}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             str(weights),
             dtype=torch_dtype,
             trust_remote_code=trust_remote_code,
             **({} if allow_pickle else {"use_safetensors": True}),
+            **dispatch,
         )
     except Exception as exc:
         raise _checkpoint_error(weights, exc) from None
     if adapter is not None and merge_adapter:
         model = _merge_adapter(model, adapter)
-    model.to(dev).eval()
+    if dev is not None:
+        model.to(dev)
+    model.eval()
     return model, tokenizer
+
+
+def _offload_folder() -> str:
+    """A scratch folder for weights accelerate offloads that are not in safetensors files
+    (removed when the process ends)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="calmerge-dispatch-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _refuse_pickle_only(source: str | Path) -> None:

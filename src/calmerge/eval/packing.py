@@ -189,6 +189,18 @@ def pack_batch(
     )
 
 
+def target_owner(encoded: Sequence[Encoded], first_question: int, n_choices_max: int) -> Any:
+    """Each target's flat index question·C + choice, in `pack_batch`'s target order (what a
+    form that lays the tokens out otherwise, `eval.prefix`, scatters its scores with)."""
+    import torch
+
+    owner = []
+    for r, enc in enumerate(encoded):
+        for j, k in enumerate(enc.n_scored):
+            owner += [(first_question + r) * n_choices_max + j] * k
+    return torch.tensor(owner)
+
+
 def unpack_batch(
     encoded: Sequence[Encoded], first_question: int, n_choices_max: int, pad_id: int
 ) -> PackedBatch:

@@ -30,6 +30,14 @@ the argmax of the log-softmax at its position, read from the same forward as the
 Prompts and token ids are built once in `Scorer.__init__`; `Scorer.score(model)` only runs
 forwards, so a sweep that rewrites the weights in place re-scores the same data cheaply.
 
+Batches are ranges of the questions sorted longest first. `batch_size=N` cuts them every N
+questions, packed in `__init__`. `batch_size="auto"` plans them at the first `score` from the
+model's sizes and the free memory (`eval.batching`): each batch as large as the estimate lets it
+be, so the short questions at the end share forwards in larger numbers. A forward that still
+runs out of memory is split in two and retried, the rest of the data is re-planned under the
+lowered budget, and the batches that ran are what the next `score` of the same model replays —
+a sweep backs off once, not at every point.
+
 Numerics: the forward runs in the model's dtype (fp32 or bf16); logits are gathered only at the
 positions that predict continuation tokens and the log-softmax is taken in float32. Length
 normalisation for acc_norm divides by the choice's character length, as lm-eval 0.4 does.
@@ -37,16 +45,28 @@ normalisation for acc_norm divides by the choice's character length, as lm-eval 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from calmerge.errors import DataError
+from calmerge.errors import ConfigError, DataError
+from calmerge.eval import batching
+from calmerge.eval.batching import ModelSizes, QuestionSize, plan_batches
 from calmerge.eval.data import Item
 from calmerge.eval.metrics import Metric, compute_metrics
-from calmerge.eval.packing import Encoded, PackedBatch, encode_partial, pack_batch, unpack_batch
+from calmerge.eval.packing import (
+    Encoded,
+    PackedBatch,
+    encode_partial,
+    pack_batch,
+    target_owner,
+    unpack_batch,
+)
+from calmerge.eval.prefix import head_logits, prefix_scores
 from calmerge.eval.prompts import Mode, PromptBuilder, PromptFormat, targets
 
 __all__ = ["Metric", "ScoreResult", "Scorer", "compute_metrics", "finalize"]
@@ -54,6 +74,15 @@ __all__ = ["Metric", "ScoreResult", "Scorer", "compute_metrics", "finalize"]
 
 #: layer types whose masks the packed form reproduces (transformers' `config.layer_types` names)
 FULL, SLIDING = "full_attention", "sliding_attention"
+
+#: questions per forward: a number, or "auto" (as many as the memory takes, `eval.batching`)
+BatchSize = int | Literal["auto"]
+#: how a question's choices read its context: one packed sequence (block mask), or the context's
+#: KV cache (`eval.prefix`); "auto" times both on the first batch and keeps the faster
+Form = Literal["auto", "packed", "prefix"]
+FORMS: tuple[str, ...] = ("auto", "packed", "prefix")
+#: a batch: the questions order[start:stop] of the length-sorted order
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -203,7 +232,13 @@ class Scorer:
     `mode="loglik"` scores each choice's text as a continuation (lm-eval multiple_choice);
     `mode="letter"` reads the option-letter logits at the answer position in the same single
     forward (each letter is one target token from the context's last position).
-    `batch_size` counts questions per forward.
+    `batch_size` counts questions per forward, or is "auto": the largest batches the memory
+    takes (see the module doc); `memory_budget` then fixes the bytes one forward may use instead
+    of reading the free memory (for tests and for sharing a device).
+
+    After `score`: `last_paths` (per forward: "packed", "windowed" or "unpacked"),
+    `last_batch_sizes` (questions per forward) and `oom_backoffs` (forwards that ran out of
+    memory and were split, in that call; only "auto" backs off, a fixed size fails as it is).
     """
 
     def __init__(
@@ -215,15 +250,28 @@ class Scorer:
         template: str | None = None,
         prompt_format: PromptFormat = "plain",
         fewshot: Sequence[Item] = (),
-        batch_size: int = 32,
+        batch_size: BatchSize = 32,
+        memory_budget: int | None = None,
+        form: Form = "packed",
     ) -> None:
         if not items:
             raise DataError("no items to score", "the data file is empty")
         if mode not in ("loglik", "letter"):
             raise DataError(f"--mode '{mode}': unknown", "use loglik or letter")
+        if form not in FORMS:
+            raise ConfigError(f"scoring form '{form}': unknown", f"use one of {', '.join(FORMS)}")
         self.items = list(items)
         self.mode = mode
-        self.batch_size = max(1, int(batch_size))
+        self.form = form
+        self._form: str | None = None if form == "auto" else form  # resolved at the first score
+        self._prefix_refused: set[type] = set()  # decoder classes the prefix form cannot run
+        #: "auto": seconds of the first batch in each form, as measured ({} until then)
+        self.form_timings: dict[str, float] = {}
+        self.auto = batch_size == "auto"
+        self.batch_size: BatchSize = "auto" if self.auto else _fixed_batch_size(batch_size)
+        if memory_budget is not None and memory_budget <= 0:
+            raise ConfigError(f"memory budget {memory_budget}: not a positive number of bytes")
+        self.memory_budget = memory_budget
         self.builder = PromptBuilder(
             tokenizer, mode=mode, template=template, prompt_format=prompt_format,
             fewshot=tuple(fewshot),
@@ -244,17 +292,29 @@ class Scorer:
         self._pad = pad
         order = sorted(range(n), key=lambda i: -self.encoded[i].packed_len)
         self.order = order
-        self.batches = [
-            pack_batch(
-                [self.encoded[i] for i in order[s : s + self.batch_size]],
-                s, self.n_choices, pad,
-            )
-            for s in range(0, n, self.batch_size)
-        ]
-        self._unpacked: dict[int, PackedBatch] = {}  # batch index -> its unpacked form, lazily
+        self._packed: dict[Span, PackedBatch] = {}  # span -> its packed batch (`_keep_packed`)
+        #: whether packed batches (and their T×T masks) are kept between calls: with a fixed
+        #: size, as always; "auto" keeps them only where they do not share the memory the plan
+        #: budgets (a CUDA model's masks live in host memory) — see `_auto_spans`
+        self._keep_packed = not self.auto
+        self._unpacked: dict[Span, PackedBatch] = {}  # span -> its unpacked form, lazily
+        #: the batches `score` runs; "auto": planned at the first score (`_auto_spans`)
+        self._spans: list[Span] = []
+        if not self.auto:
+            size = int(self.batch_size)
+            self._spans = [(s, min(s + size, n)) for s in range(0, n, size)]
+            for span in self._spans:
+                self._packed_batch(span)
+        #: (model sizes, "packed" | "unpacked" | "prefix"): what `_spans` was planned for
+        self._plan_key: tuple[ModelSizes, str] | None = None
+        self._budget = math.inf  # "auto": bytes a forward may use, lowered by each back-off
+        self._question_sizes: dict[bool, list[QuestionSize]] = {}  # unpacked? -> per question
+        self._ceiling = batching.CPU_MAX_QUESTIONS
         self._dict_refused: set[type] = set()  # decoder classes that refused per-type masks
         #: per batch of the last `score`: "packed", "windowed" or "unpacked" (for tests/reports)
         self.last_paths: list[str] = []
+        self.last_batch_sizes: list[int] = []
+        self.oom_backoffs = 0
 
     def _encode(self, item: Item) -> Encoded:
         if item.partial is not None:
@@ -266,6 +326,12 @@ class Scorer:
     def n_tokens(self) -> int:
         """Tokens fed per full scoring pass (the unique-token count), for reporting."""
         return sum(e.packed_len for e in self.encoded)
+
+    @property
+    def batches(self) -> list[PackedBatch]:
+        """The packed batches `score` runs, in order ("auto": those of the last plan; none
+        before the first `score`)."""
+        return [self._packed.get(span) or self._pack(span) for span in self._spans]
 
     def check_context(self, max_positions: int | None) -> None:
         """Refuse items whose prompt + choice does not fit the model's position range."""
@@ -280,7 +346,12 @@ class Scorer:
                 )
 
     def score(self, model: Any, *, progress: bool = False) -> ScoreResult:
-        """Run the packed forwards on `model` (any HF causal LM) and return per-item scores."""
+        """Run the packed forwards on `model` (any HF causal LM) and return per-item scores.
+
+        Every target is added to its choice's sum exactly once: a batch's scores are added only
+        after its forward returned, and a batch that ran out of memory is replaced by its two
+        halves (and the rest re-planned), never rerun beside them.
+        """
         import torch
 
         self.check_context(context_limit(model))
@@ -290,13 +361,43 @@ class Scorer:
         n = len(self.items)
         sums = torch.zeros(n * self.n_choices, dtype=torch.float64)
         misses = torch.zeros(n * self.n_choices, dtype=torch.long)  # non-argmax targets
-        self.last_paths = []
-        with torch.inference_mode(), _maybe_progress(progress, len(self.batches)) as advance:
-            for b, batch in enumerate(self.batches):
-                lp, hit = self._batch_logprobs(model, decoder, plan, dtype, b, batch)
-                sums.index_add_(0, batch.owner, lp.double().cpu())
-                misses.index_add_(0, batch.owner, (~hit).long().cpu())
-                advance()
+        self.last_paths, self.last_batch_sizes, self.oom_backoffs = [], [], 0
+        todo = deque(self._auto_spans(model, plan, decoder) if self.auto else self._spans)
+        if self._form is None:
+            self._choose_form(model, decoder, plan, dtype, todo[0])
+            if self.auto:  # the prefix form is planned at its own cost
+                todo = deque(self._auto_spans(model, plan, decoder))
+        ran: list[Span] = []
+        with torch.inference_mode(), _maybe_progress(progress, n) as advance:
+            while todo:
+                span = todo.popleft()
+                try:
+                    lp, hit, path, batch = self._batch_logprobs(model, decoder, plan, dtype, span)
+                except Exception as exc:
+                    if not (self.auto and batching.is_oom(exc)):
+                        raise
+                    if span[1] - span[0] == 1:
+                        raise self._too_big(span[0]) from exc
+                else:
+                    sums.index_add_(0, batch.owner, lp.double().cpu())
+                    misses.index_add_(0, batch.owner, (~hit).long().cpu())
+                    self.last_paths.append(path)
+                    self.last_batch_sizes.append(span[1] - span[0])
+                    ran.append(span)
+                    if not self._keep_packed:
+                        self._packed.pop(span, None)
+                    del batch, lp, hit
+                    advance(span[1] - span[0])
+                    if self.auto and self._plan_changed(model, plan, decoder):
+                        todo = deque(self._replan(span[1]))
+                    continue
+                # out of the `except`: the failed forward's frames and tensors are released
+                todo = deque(self._back_off(model, span))
+        if self.auto:
+            self._spans = ran  # what ran is what fits: the next score of this model replays it
+            for cache in (self._packed, self._unpacked):
+                for span in set(cache) - set(ran):
+                    del cache[span]
         ll = np.empty((n, self.n_choices))
         ll[self.order] = sums.view(n, self.n_choices).numpy()
         greedy = np.empty((n, self.n_choices), dtype=bool)
@@ -306,37 +407,242 @@ class Scorer:
             ids, ll, self.mask, self.answer, self.norm_lengths, self.mode, greedy=greedy
         )
 
-    def _batch_logprobs(
-        self, model: Any, decoder: Any, plan: AttentionPlan, dtype: Any, b: int,
-        batch: PackedBatch,
-    ) -> tuple[Any, Any]:
-        """(log-probs, greedy hits) of one batch's targets, by the cheapest form that
-        reproduces the plain sequence (see module doc)."""
-        if plan.pack and (plan.window is None or batch.positions <= plan.window):
-            # every query position < window: the window hides nothing, today's exact mask
-            self.last_paths.append("packed")
-            return _target_scores(model, batch, batch.additive_mask(dtype))
-        if plan.pack and type(decoder) not in self._dict_refused:
-            local = batch.additive_mask(dtype, plan.window)
-            if plan.layer_types == (SLIDING,):
-                self.last_paths.append("windowed")
-                return _target_scores(model, batch, local)
-            masks = {FULL: batch.additive_mask(dtype), SLIDING: local}
-            try:
-                scores = _target_scores(model, batch, masks)
-            except (AttributeError, TypeError, KeyError):
-                # a model that reads one mask for all layers fails on the dict (it has no
-                # shape); it cannot be given per-layer masks, so it builds its own, unpacked
-                self._dict_refused.add(type(decoder))
+    # -- "auto" batches ------------------------------------------------------------------------
+
+    def _uses_prefix(self, plan: AttentionPlan, decoder: Any) -> bool:
+        return plan.pack and self._form == "prefix" and type(decoder) not in self._prefix_refused
+
+    def _expected_kind(self, plan: AttentionPlan, decoder: Any) -> str:
+        """How the batches will run: "packed", "prefix" or "unpacked" (one row per choice):
+        each has its own cost."""
+        if self._uses_prefix(plan, decoder):
+            return "prefix"
+        refused = plan.layer_types == (FULL, SLIDING) and type(decoder) in self._dict_refused
+        return "unpacked" if not plan.pack or refused else "packed"
+
+    def _sizes(self, kind: str) -> list[QuestionSize]:
+        """What each question (in the sorted order) adds to a forward: one packed row, or one
+        row per choice (unpacked, and the prefix form's branches)."""
+        unpacked = kind != "packed"
+        if unpacked in self._question_sizes:
+            return self._question_sizes[unpacked]
+        out = []
+        for i in self.order:
+            enc = self.encoded[i]
+            n_targets = sum(enc.n_scored)
+            if unpacked:
+                out.append(QuestionSize(enc.positions_needed, len(enc.continuations), n_targets))
             else:
-                self.last_paths.append("windowed")
-                return scores
-        if b not in self._unpacked:
-            s = b * self.batch_size
-            group = [self.encoded[i] for i in self.order[s : s + self.batch_size]]
-            self._unpacked[b] = unpack_batch(group, s, self.n_choices, self._pad)
-        self.last_paths.append("unpacked")
-        return _target_scores(model, self._unpacked[b], None)
+                out.append(QuestionSize(enc.packed_len, 1, n_targets))
+        self._question_sizes[unpacked] = out
+        return out
+
+    def _cost(self) -> Callable[[int, int, int], int]:
+        """cost(rows, width, targets) of a forward under the current plan key."""
+        assert self._plan_key is not None
+        sizes, kind = self._plan_key
+        if kind == "prefix":
+            return lambda rows, width, n_targets: sizes.prefix_bytes(
+                rows, width, vocab_rows=n_targets
+            )
+        return lambda rows, width, n_targets: sizes.forward_bytes(
+            rows, width, vocab_rows=n_targets, mask=kind == "packed"
+        )
+
+    def _span_cost(self, span: Span) -> int:
+        assert self._plan_key is not None
+        part = self._sizes(self._plan_key[1])[span[0] : span[1]]
+        return self._cost()(
+            sum(q.rows for q in part), max(q.width for q in part), sum(q.targets for q in part)
+        )
+
+    def _replan(self, start: int) -> list[Span]:
+        """Spans for the questions from `start` on, under the current key and budget."""
+        assert self._plan_key is not None
+        sizes = self._sizes(self._plan_key[1])
+        return plan_batches(sizes, self._cost(), self._budget, self._ceiling, start=start)
+
+    def _auto_spans(self, model: Any, plan: AttentionPlan, decoder: Any) -> list[Span]:
+        """The spans that ran last time for this model's sizes, else a fresh plan.
+
+        A fresh plan reads the budget (`memory_budget`, else a fraction of the free memory of
+        the model's devices) — but never above one that an earlier back-off lowered.
+        """
+        key = (batching.model_sizes(model), self._expected_kind(plan, decoder))
+        if key == self._plan_key and self._spans:
+            return self._spans
+        budget = self.memory_budget
+        if budget is None:
+            budget = batching.memory_budget(model)
+        self._budget = min(self._budget, budget)
+        self._ceiling = batching.max_questions(model)
+        self._plan_key = key
+        # on the CPU the masks of every batch kept for the next call would take the memory the
+        # plan gave the forwards (they are rebuilt per call instead: packing costs little
+        # next to a CPU forward); a CUDA model's masks live in host memory, apart
+        self._keep_packed = all(d.type == "cuda" for d in batching.model_devices(model))
+        self._packed.clear()
+        self._unpacked.clear()
+        self._spans = self._replan(0)
+        return self._spans
+
+    def _plan_changed(self, model: Any, plan: AttentionPlan, decoder: Any) -> bool:
+        """After a batch: did it reveal that the rest runs otherwise than planned (a model that
+        refused the per-type masks runs unpacked from now on)? Then the key is updated."""
+        assert self._plan_key is not None
+        kind = self._expected_kind(plan, decoder)
+        if kind == self._plan_key[1]:
+            return False
+        self._plan_key = (self._plan_key[0], kind)
+        return True
+
+    def _back_off(self, model: Any, span: Span) -> list[Span]:
+        """A forward of `span` ran out of memory: its halves, then the rest re-planned under a
+        budget lowered to the larger half's estimate (kept for later calls), so the batches
+        after it do not fail the same way one by one."""
+        self._packed.pop(span, None)
+        self._unpacked.pop(span, None)
+        self._spans = []  # should this call not finish, the next one plans under the new budget
+        batching.release_memory(batching.model_devices(model))
+        self.oom_backoffs += 1
+        start, stop = span
+        mid = (start + stop + 1) // 2
+        self._budget = min(self._budget, self._span_cost((start, mid)))
+        return [(start, mid), (mid, stop), *self._replan(stop)]
+
+    def _too_big(self, position: int) -> DataError:
+        i = self.order[position]
+        return DataError(
+            f"item '{self.items[i].id}' ({self.encoded[i].packed_len} tokens) does not fit in "
+            "memory for one forward, even alone",
+            "use a smaller --dtype/--device-map auto, or shorten the prompts",
+        )
+
+    # -- the form ------------------------------------------------------------------------------
+
+    def _choose_form(
+        self, model: Any, decoder: Any, plan: AttentionPlan, dtype: Any, span: Span
+    ) -> None:
+        """`form="auto"`: time the first (longest) batch packed and from the prefix cache, on
+        this model and device, and keep the faster for every later batch and call. The packed
+        form runs once untimed first (kernel selection, allocator warm-up). A form that runs
+        out of memory, or that the model cannot take, loses; ties go to the packed form."""
+        import time
+
+        from calmerge.eval.loading import input_device
+
+        self._form = "packed"
+        if not plan.pack:  # neither form: the model builds its own masks, one row per choice
+            return
+        device = input_device(model)
+        sync = torch_sync(device)
+
+        def timed() -> tuple[float, str]:
+            start = time.perf_counter()
+            with _inference():
+                path = self._batch_logprobs(model, decoder, plan, dtype, span)[2]
+            sync()
+            return time.perf_counter() - start, path
+
+        try:
+            timed()
+            packed, _ = timed()
+            self._form = "prefix"
+            prefix, path = timed()
+        except Exception as exc:
+            if not batching.is_oom(exc):
+                raise
+            batching.release_memory(batching.model_devices(model))
+            self._form = "packed"
+            self.form_timings = {}
+            return
+        self.form_timings = {"packed": packed, "prefix": prefix if path == "prefix" else math.inf}
+        self._form = "prefix" if self.form_timings["prefix"] < packed else "packed"
+        if not self._keep_packed:
+            self._packed.pop(span, None)
+
+    # -- one batch -------------------------------------------------------------------------------
+
+    def _pack(self, span: Span) -> PackedBatch:
+        group = [self.encoded[i] for i in self.order[span[0] : span[1]]]
+        return pack_batch(group, span[0], self.n_choices, self._pad)
+
+    def _packed_batch(self, span: Span) -> PackedBatch:
+        if span not in self._packed:
+            self._packed[span] = self._pack(span)
+        return self._packed[span]
+
+    def _unpacked_batch(self, span: Span) -> PackedBatch:
+        if span not in self._unpacked:
+            group = [self.encoded[i] for i in self.order[span[0] : span[1]]]
+            self._unpacked[span] = unpack_batch(group, span[0], self.n_choices, self._pad)
+        return self._unpacked[span]
+
+    def _batch_logprobs(
+        self, model: Any, decoder: Any, plan: AttentionPlan, dtype: Any, span: Span,
+    ) -> tuple[Any, Any, str, PackedBatch]:
+        """(log-probs, greedy hits, path, the batch that ran) of one batch's targets, by the
+        cheapest form that reproduces the plain sequence (see module doc)."""
+        if self._uses_prefix(plan, decoder):
+            group = [self.encoded[i] for i in self.order[span[0] : span[1]]]
+            try:
+                lp, hit = prefix_scores(model, group, self._pad)
+            except NotImplementedError:  # a cache this form was not checked with: packed
+                self._prefix_refused.add(type(decoder))
+            else:
+                return lp, hit, "prefix", _Targets(target_owner(group, span[0], self.n_choices))
+        if plan.pack:
+            batch = self._packed_batch(span)
+            if plan.window is None or batch.positions <= plan.window:
+                # every query position < window: the window hides nothing, today's exact mask
+                return (*_target_scores(model, batch, batch.additive_mask(dtype)), "packed", batch)
+            if type(decoder) not in self._dict_refused:
+                local = batch.additive_mask(dtype, plan.window)
+                if plan.layer_types == (SLIDING,):
+                    return (*_target_scores(model, batch, local), "windowed", batch)
+                masks = {FULL: batch.additive_mask(dtype), SLIDING: local}
+                try:
+                    scores = _target_scores(model, batch, masks)
+                except (AttributeError, TypeError, KeyError):
+                    # a model that reads one mask for all layers fails on the dict (it has no
+                    # shape); it cannot be given per-layer masks, so it builds its own, unpacked
+                    self._dict_refused.add(type(decoder))
+                else:
+                    return (*scores, "windowed", batch)
+        unpacked = self._unpacked_batch(span)
+        return (*_target_scores(model, unpacked, None), "unpacked", unpacked)
+
+
+@dataclass(frozen=True)
+class _Targets:
+    """What `score` reads of a batch that ran in the prefix form: each target's owner."""
+
+    owner: Any
+
+
+def torch_sync(device: Any) -> Callable[[], None]:
+    """A function that waits for `device`'s queued work (CUDA is asynchronous), for timing."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda" or str(device).startswith("cuda"):
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _inference() -> Any:
+    import torch
+
+    return torch.inference_mode()
+
+
+def _fixed_batch_size(value: Any) -> int:
+    """A number of questions per forward (at least 1), as `int()` reads it."""
+    try:
+        return max(1, int(value))
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"batch size {value!r}: not a number of questions", "use a positive integer or auto"
+        ) from None
 
 
 def _target_logprobs(model: Any, batch: PackedBatch, mask: Any) -> Any:
@@ -353,7 +659,9 @@ def _target_scores(model: Any, batch: PackedBatch, mask: Any) -> tuple[Any, Any]
     """
     import torch
 
-    device = model.device
+    from calmerge.eval.loading import input_device
+
+    device = input_device(model)
     decoder = model.get_decoder()
     if mask is None:
         out = decoder(input_ids=batch.input_ids.to(device), use_cache=False)
@@ -370,33 +678,26 @@ def _target_scores(model: Any, batch: PackedBatch, mask: Any) -> tuple[Any, Any]
         )
     hidden = out[0] if isinstance(out, tuple) else out.last_hidden_state
     picked = hidden[batch.rows.to(device), batch.cols.to(device)]
-    logits = model.get_output_embeddings()(picked).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    scale = getattr(model.config, "logit_scale", None)
-    if isinstance(scale, float):
-        logits = logits * scale
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(head_logits(model, picked), dim=-1)
     target = batch.target.to(device)
     return logp.gather(1, target[:, None])[:, 0], logp.argmax(dim=-1) == target
 
 
 class _maybe_progress:
-    """A rich progress bar with ETA when asked, else a no-op; yields an `advance()` callable."""
+    """A rich progress bar with ETA when asked, else a no-op; yields an `advance(n=1)` callable."""
 
     def __init__(self, enabled: bool, total: int) -> None:
         self.enabled, self.total, self._bar = enabled, total, None
 
     def __enter__(self):
         if not self.enabled:
-            return lambda: None
+            return lambda n=1: None
         from calmerge.progress import progress_bar
 
         self._bar = progress_bar(transient=True)
         self._bar.__enter__()
         task = self._bar.add_task("scoring", total=self.total)
-        return lambda: self._bar.advance(task)
+        return lambda n=1: self._bar.advance(task, n)
 
     def __exit__(self, *exc: object) -> None:
         if self._bar is not None:

@@ -3,8 +3,9 @@
 Why in place: writing each merge to disk and reloading it (the mergekit + lm-eval pipeline)
 costs a full checkpoint write and read per point. Here the model is loaded once; for each point
 every parameter is recomputed from the two parents, tensor by tensor, straight into the
-parameter's storage. Parents are read from their safetensors files, so the resident memory is
-one model plus a couple of tensors.
+parameter's storage, on the parameter's own device. Where the parents live between points
+(held in memory when they fit, else streamed) is `sweep.parents`' choice; parameters accelerate
+offloaded are rewritten through `sweep.offload`.
 
 Why no arithmetic of its own: a point is the family's `MergeConfig` (`merge.families`,
 validated by `merge.engine.pair_config`), planned against the live parameters' dtype and
@@ -31,6 +32,8 @@ from calmerge.io.checkpoint import Checkpoint
 from calmerge.merge.engine import pair_config
 from calmerge.merge.plan import plan_merge
 from calmerge.merge.stream import merge_one
+from calmerge.sweep.offload import OffloadScratch, offloaded_loaders
+from calmerge.sweep.parents import ParentSource, choose_placement
 
 
 class LiveInterpolator:
@@ -38,6 +41,15 @@ class LiveInterpolator:
 
     `density` and `seed` are the sweep's settings for the task-vector families (pruning and
     DARE's masks); `compute_dtype` is the merge's compute dtype (fp32, as `calmerge merge`).
+    `parents` says where the parent tensors live between points (`sweep.parents`: auto,
+    resident, streamed); `free` overrides the measured free memory per device (tests).
+
+    Devices: each parameter is merged on its own device (a GPU's arithmetic for a model on the
+    GPU, each GPU's for a model dispatched over several). Randomized families (DARE) are merged
+    on the CPU wherever the model is, so their masks come from the same generator as
+    `calmerge merge`'s. Parameters accelerate offloaded (`--device-map` with too little device
+    memory) are merged on the CPU into scratch files of ours (`sweep.offload`), never into the
+    checkpoint files the dispatch reads them from.
     """
 
     def __init__(
@@ -49,6 +61,8 @@ class LiveInterpolator:
         density: float = 1.0,
         seed: int = 0,
         compute_dtype: str = "float32",
+        parents: str = "auto",
+        free: dict[str, int] | None = None,
     ) -> None:
         self.model = model
         self.base = base
@@ -59,6 +73,34 @@ class LiveInterpolator:
         self._params = self._map_parameters()
         dtypes = {p.dtype for _, p in self._params}
         self._out_dtype = dtype_name(next(iter(dtypes))) if len(dtypes) == 1 else None
+        self._scratch = OffloadScratch(model) if offloaded_loaders(model) else None
+        live = {id(p): n for n, p in model.named_parameters(remove_duplicate=False)}
+        # checkpoint name -> writable CPU view of an offloaded parameter (by name: accelerate's
+        # hooks swap the Parameter objects of offloaded modules at every forward)
+        self._views = {}
+        if self._scratch is not None:
+            for name, param in self._params:
+                if param.device.type == "meta":
+                    self._views[name] = self._scratch.view(live[id(param)])
+        order = [(name, self._device(param)) for name, param in self._params]
+        need: dict[str, int] = {}
+        for name, device in order:
+            need[device] = need.get(device, 0) + base.nbytes(name) + aligned.nbytes(name)
+        self.placement = choose_placement(
+            parents, need, offloaded=self._scratch is not None, free=free
+        )
+        self._source = ParentSource([base, aligned], order, self.placement)
+
+    @staticmethod
+    def _device(param: torch.nn.Parameter) -> str:
+        """Where a parameter is merged: its own device, the CPU for an offloaded one."""
+        return "cpu" if param.device.type == "meta" else str(param.device)
+
+    def close(self) -> None:
+        """Remove the scratch copies of offloaded parameters (the model cannot run after)."""
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
 
     def _map_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """Pair every live parameter (tied weights once) with its checkpoint tensor's name.
@@ -95,19 +137,25 @@ class LiveInterpolator:
         )
         plan = plan_merge(config, opened=[self.base, self.aligned])
         jobs = {job.spec.name: job for job in plan.jobs}
-        for name, param in self._params:  # `name`: the checkpoint's name of the parameter
+        held = [self.base, self.aligned]
+        indices = [next(i for i, c in enumerate(held) if c is ckpt) for ckpt in plan.inputs]
+        stream = self._source.tensors(indices)
+        # the source serves the parameters in this same order (it was built from it)
+        for (name, param), (_, device, tensors) in zip(self._params, stream, strict=True):
             job = jobs[name]
-            tensors = [ckpt.get(name) for ckpt in plan.inputs]
+            compute = "cpu" if plan.method.randomized else device  # DARE: merge's generator
+            view = self._views.get(name)
+            target = view if view is not None else param.data
             in_place = (
-                param.device.type == "cpu"
-                and param.dtype == job.spec.dtype
-                and tuple(param.shape) == job.spec.shape
+                target.device == torch.device(compute)
+                and target.dtype == job.spec.dtype
+                and tuple(target.shape) == job.spec.shape
             )
-            target = param.data if in_place else None
-            merged = merge_one(plan, job, tensors, out=target)
-            if merged is not target:  # another device or dtype, or a copied non-float tensor
-                param.copy_(merged.to(device=param.device, dtype=param.dtype))
-            del tensors, merged, target
+            out = target if in_place else None
+            merged = merge_one(plan, job, tensors, device=compute, out=out)
+            if merged is not out:  # another device or dtype, or a copied non-float tensor
+                target.copy_(merged.to(device=target.device, dtype=target.dtype))
+            del tensors, merged, out
 
 
 def _conversions(model: torch.nn.Module) -> tuple[list[Any], list[Any]] | None:

@@ -75,6 +75,8 @@ class SweepOutcome:
     store_path: Path
     computed: list[tuple[str, float]] = field(default_factory=list)
     skipped: list[tuple[str, float]] = field(default_factory=list)
+    #: where the parents lived (`Placement.describe`), None when no point needed the model
+    placement: str | None = None
 
 
 def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str, str]) -> dict:
@@ -135,6 +137,14 @@ class Sweep:
         self.pair = validate_pair(self.base, self.aligned)
         for ckpt in (self.base, self.aligned):
             scan_finite(ckpt)
+        if cfg.dtype == "auto":
+            # resolved before the run's identity: the dtype scored in is what identifies it (a
+            # float32 checkpoint's "auto" run is its float32 run) and what the report states
+            from calmerge.dtypes import auto_eval_dtype
+
+            live = getattr(self.aligned, "base", self.aligned)  # an adapter runs its base
+            cfg = cfg.model_copy(update={"dtype": auto_eval_dtype(live.tag_counts)})
+            self.cfg = cfg
         if cfg.prompts and cfg.stop_token_ids is None:
             # one generation config for every λ: stop at either parent's end-of-sequence ids
             cfg = cfg.model_copy(update={"stop_token_ids": shared_stop_ids(self.base, self.aligned)})
@@ -194,6 +204,7 @@ class Sweep:
         """Load the live model once (lazily: a fully resumed run needs none)."""
         if self._model is not None:
             return
+        from calmerge.config import parse_max_memory
         from calmerge.eval.loading import load_model
         from calmerge.sweep.interpolate import LiveInterpolator
 
@@ -202,11 +213,14 @@ class Sweep:
         self._model, _ = load_model(
             cfg.aligned, dtype=cfg.dtype, device=cfg.device, trust_remote_code=cfg.trust_remote_code,
             base=cfg.base, merge_adapter=False, allow_pickle=cfg.allow_pickle,
-            tokenizer=self._tokenizer,
+            tokenizer=self._tokenizer, device_map=cfg.device_map,
+            max_memory=parse_max_memory(cfg.max_memory),
         )
         self._interp = LiveInterpolator(
-            self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed
+            self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed,
+            parents=cfg.parents,
         )
+        self.placement = self._interp.placement.describe()
 
     @property
     def work_per_point(self) -> int:
@@ -396,6 +410,15 @@ class Sweep:
     def execute(self, *, progress: bool = True) -> SweepOutcome:
         """Compute every unfinished point of the plan; refine where the frontier bends."""
         outcome = SweepOutcome(run=self.run, store_path=self.store.path)
+        try:
+            self._execute(outcome, progress)
+        finally:
+            if self._model is not None:
+                outcome.placement = self.placement
+                self._interp.close()  # scratch copies of offloaded weights, if any
+        return outcome
+
+    def _execute(self, outcome: SweepOutcome, progress: bool) -> None:
         with PointBar(enabled=progress) as bar:
             for family in self.cfg.families:
                 lams = self._initial_lams(family)
@@ -411,7 +434,6 @@ class Sweep:
                     bar.add(len(new) * self.work_per_point)
                     self._run_points(family, new, outcome, bar)
                     budget -= len(new)
-        return outcome
 
 
 class PointBar:

@@ -126,6 +126,7 @@ def build_scorers(task: SweepTask, tokenizer: Any, cfg: SweepConfig, max_positio
             prompt_format=spec.prompt_format or cfg.prompt_format,
             fewshot=fewshot,
             batch_size=cfg.batch_size,
+            form=cfg.scoring_form,
         )
         scorer.check_context(max_positions)
         task.scorers[split] = scorer
