@@ -146,24 +146,34 @@ def inner_sweep(args: argparse.Namespace) -> None:
         extrapolate=(), refine=False, prompt_template="{question}", n_boot=0,
         device=_device(), parents=args.parents, store=args.store, out=args.out,
     )
+    from calmerge.sweep.runner import Sweep
+
     start = time.perf_counter()
-    res = api.sweep(cfg, progress=False)
+    runner = Sweep(cfg)
+    outcome = runner.execute(progress=False)
+    peak = peak_memory(baseline)  # the sweep itself (the report's matplotlib comes after)
+    api.report(cfg.store, str(runner.run.id), cfg.out)
     wall = time.perf_counter() - start
     accs = {str(r["lam"]): r["test.acc"] for r in api.results_table(cfg.store)}
     lls = {str(r["lam"]): r.get("test.nll") for r in api.results_table(cfg.store)}
-    print(json.dumps({"wall": wall, "peak": peak_memory(baseline), "accs": accs, "nll": lls,
-                      "placement": res.placement, "dtype": res.dtype}))
+    forms = sorted({sc._form for t in runner.tasks for sc in t.scorers.values()})
+    timings = [sc.form_timings for t in runner.tasks for sc in t.scorers.values()]
+    print(json.dumps({"wall": wall, "peak": peak, "accs": accs, "nll": lls,
+                      "placement": outcome.placement, "dtype": runner.cfg.dtype,
+                      "forms": forms, "timings": timings}))
 
 
 def inner_floor(args: argparse.Namespace) -> None:
     """Load once + 11 bare forwards over every question's packed row (causal mask only)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import torch
+    import transformers  # noqa: F401  (imported before the baseline is read)
 
     from calmerge.eval.data import load_items
     from calmerge.eval.loading import load_model, load_tokenizer
     from calmerge.eval.score import Scorer
 
+    baseline = _rss()
     tok = load_tokenizer(args.aligned)
     scorer = Scorer(tok, load_items(args.data), template="{question}", batch_size=32)
     rows = [b.input_ids for b in scorer.batches]
@@ -181,6 +191,7 @@ def inner_floor(args: argparse.Namespace) -> None:
                 decoder(input_ids=ids.to(model.device), use_cache=False)
         sync()
     forwards = time.perf_counter() - start
+    peak = peak_memory(baseline)  # load + the bare forwards (before generation)
     tokens = scorer.n_tokens
     # generation throughput on the same model: 32 prompts x 8 samples x 48 new tokens
     from calmerge.eval.generate import sample_generations
@@ -193,7 +204,7 @@ def inner_floor(args: argparse.Namespace) -> None:
     gen_s = time.perf_counter() - start
     gen_tokens = sum(len(tok.encode(s)) for ss in out for s in ss)
     nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    print(json.dumps({"load": load, "forwards": forwards, "tokens": tokens,
+    print(json.dumps({"load": load, "forwards": forwards, "tokens": tokens, "peak": peak,
                       "model_bytes": nbytes, "gen_tokens": gen_tokens, "gen_s": gen_s}))
 
 
@@ -227,7 +238,9 @@ def pipeline(work: Path, base: Path, aligned: Path, tasks: Path, lams: list[floa
     for lam in lams:
         cfg = work / f"merge_{lam}.yml"
         cfg.write_text(
-            f"merge_method: linear\ndtype: {dtype}\nmodels:\n"
+            # fp32 arithmetic written as `dtype`, as calmerge merges (compute fp32, out the
+            # checkpoint's dtype): a bf16 mergekit merge rounds every product and differs
+            f"merge_method: linear\ndtype: float32\nout_dtype: {dtype}\nmodels:\n"
             f"  - model: {base}\n    parameters:\n      weight: {1 - lam}\n"
             f"  - model: {aligned}\n    parameters:\n      weight: {lam}\n"
             "parameters:\n  normalize: false\n"
@@ -281,6 +294,9 @@ def main() -> None:
         floor = _child("floor", aligned=aligned, data=data, lams=lams, size=name)
         tasks = lm_eval_task(work, data)
         pipe_s, pipe_accs = pipeline(work, base, aligned, tasks, timed, size["dtype"])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from calmerge.memory import format_bytes
+
     device = _device()
     if device == "cuda":
         import torch
@@ -293,7 +309,9 @@ def main() -> None:
     floor_s = floor["load"] + floor["forwards"]
     model = floor["model_bytes"]
     print(f"device: {device}; size '{name}': {size['items']} items, {floor['tokens']:,} unique "
-          f"tokens per pass, {len(lams)} points, {size['dtype']}, model {model / 1e9:.3f} GB")
+          f"tokens per pass, {len(lams)} points, {size['dtype']}, model {format_bytes(model)}")
+    print(f"scored in {res['dtype']}; form kept by timing: {', '.join(res['forms'])} "
+          f"(first batch, s: {res['timings'][0]})")
     print(f"resident: {res['placement']}")
     print(f"streamed: {stream['placement']}")
     print(f"resident and streamed points identical: {same}")
@@ -303,9 +321,15 @@ def main() -> None:
           f"{len(lams)} (extrapolated); speed-up {pipe_total / res['wall']:.1f}x (target >= 20x)")
     print(f"floor: load {floor['load']:.1f} s + {len(lams)} bare passes {floor['forwards']:.1f} s"
           f" = {floor_s:.1f} s; sweep / floor {res['wall'] / floor_s:.2f}x (target <= 1.3x)")
-    what = "peak GPU memory" if device.startswith("cuda") else "peak RSS"
-    print(f"{what}: resident {res['peak'] / model:.2f}x one model (target <= 3.3x), streamed "
-          f"{stream['peak'] / model:.2f}x (target <= 1.3x)")
+    if device.startswith("cuda"):
+        print(f"peak GPU memory: resident {res['peak'] / model:.2f}x one model (target <= 3.3x),"
+              f" streamed {stream['peak'] / model:.2f}x (target <= 1.3x)")
+    else:  # a small CPU model is dwarfed by activations: the floor process is the reference
+        print(f"peak RSS above imports: resident {format_bytes(res['peak'])}, streamed "
+              f"{format_bytes(stream['peak'])}, floor (load + bare forwards) "
+              f"{format_bytes(floor['peak'])}: {res['peak'] / floor['peak']:.2f}x / "
+              f"{stream['peak'] / floor['peak']:.2f}x the floor; parents "
+              f"{format_bytes(2 * model)}")
     print(f"generation: {floor['gen_tokens']:,} tokens in {floor['gen_s']:.1f} s = "
           f"{floor['gen_tokens'] / floor['gen_s']:.0f} tokens/s (32 prompts x 8 samples)")
 

@@ -15,7 +15,7 @@ from calmerge.eval.score import Scorer
 
 
 def _items(n=10):
-    words = "red green blue amber violet crimson teal olive navy gold".split()
+    words = ["red", "green", "blue", "amber", "violet", "crimson", "teal", "olive", "navy", "gold"]
     out = []
     for i in range(n):
         ctx = " ".join(words[(i + j) % 10] for j in range(8 + 3 * i))  # lengths differ

@@ -94,6 +94,16 @@ class ModelSizes:
         return plain + 2 * rows * width * self.kv_bytes  # the context's cache and its copies
 
 
+#: the share of the forward budget that a scorer's kept packed batches (their masks) may take
+#: on the CPU, where they share memory with the forwards
+KEEP_MASKS_FRACTION = 0.25
+
+
+def mask_bytes(rows: int, width: int, sizes: ModelSizes) -> int:
+    """Bytes a kept packed batch holds: its bool block mask and its additive copy."""
+    return rows * width * width * (1 + sizes.dtype_bytes)
+
+
 def forward_bytes(
     rows: int,
     width: int,

@@ -477,13 +477,20 @@ class Scorer:
         self._budget = min(self._budget, budget)
         self._ceiling = batching.max_questions(model)
         self._plan_key = key
-        # on the CPU the masks of every batch kept for the next call would take the memory the
-        # plan gave the forwards (they are rebuilt per call instead: packing costs little
-        # next to a CPU forward); a CUDA model's masks live in host memory, apart
-        self._keep_packed = all(d.type == "cuda" for d in batching.model_devices(model))
         self._packed.clear()
         self._unpacked.clear()
         self._spans = self._replan(0)
+        # the packed batches (and their T×T masks) are kept for the next call — a sweep's next
+        # point — unless, on the CPU, all of them together would take a real share of the
+        # memory the plan gave the forwards; then they are rebuilt per call (re-packing costs
+        # ~5% of a CPU point). A CUDA model's masks live in host memory, apart.
+        sizes = self._sizes("packed")
+        kept = sum(
+            batching.mask_bytes(stop - start, max(q.width for q in sizes[start:stop]), key[0])
+            for start, stop in self._spans
+        )
+        on_cuda = all(d.type == "cuda" for d in batching.model_devices(model))
+        self._keep_packed = on_cuda or kept <= batching.KEEP_MASKS_FRACTION * self._budget
         return self._spans
 
     def _plan_changed(self, model: Any, plan: AttentionPlan, decoder: Any) -> bool:
