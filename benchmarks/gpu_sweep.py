@@ -144,7 +144,8 @@ def inner_sweep(args: argparse.Namespace) -> None:
     cfg = SweepConfig(
         base=args.base, aligned=args.aligned, data=args.data, grid=tuple(args.lams),
         extrapolate=(), refine=False, prompt_template="{question}", n_boot=0,
-        device=_device(), parents=args.parents, store=args.store, out=args.out,
+        device=_device(), parents=args.parents, scoring_form=args.form, store=args.store,
+        out=args.out,
     )
     from calmerge.sweep.runner import Sweep
 
@@ -271,7 +272,7 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), help="default: gpu with CUDA, else cpu")
     for mode in ("sweep", "floor"):
         ap.add_argument(f"--inner-{mode}", action="store_true", help=argparse.SUPPRESS)
-    for k in ("base", "aligned", "data", "store", "out", "parents"):
+    for k in ("base", "aligned", "data", "store", "out", "parents", "form"):
         ap.add_argument(f"--{k}", help=argparse.SUPPRESS)
     ap.add_argument("--lams", type=float, nargs="*", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -289,8 +290,13 @@ def main() -> None:
         base, aligned = build_pair(work, size)
         data = write_items(work / "items.jsonl", size)
         common = dict(base=base, aligned=aligned, data=data, lams=lams)
-        runs = {mode: _child("sweep", **common, parents=mode, store=work / f"{mode}.db",
-                             out=work / f"{mode}-report") for mode in ("resident", "streamed")}
+        runs = {"resident": _child("sweep", **common, parents="resident", form="auto",
+                                   store=work / "resident.db", out=work / "resident-report")}
+        # streamed scores in the form the first sweep kept, so the two differ only in where
+        # the parents live (on a GPU "auto" chooses by the clock)
+        runs["streamed"] = _child("sweep", **common, parents="streamed",
+                                  form=runs["resident"]["forms"][0], store=work / "streamed.db",
+                                  out=work / "streamed-report")
         floor = _child("floor", aligned=aligned, data=data, lams=lams, size=name)
         tasks = lm_eval_task(work, data)
         pipe_s, pipe_accs = pipeline(work, base, aligned, tasks, timed, size["dtype"])
@@ -310,8 +316,8 @@ def main() -> None:
     model = floor["model_bytes"]
     print(f"device: {device}; size '{name}': {size['items']} items, {floor['tokens']:,} unique "
           f"tokens per pass, {len(lams)} points, {size['dtype']}, model {format_bytes(model)}")
-    print(f"scored in {res['dtype']}; form kept by timing: {', '.join(res['forms'])} "
-          f"(first batch, s: {res['timings'][0]})")
+    timing = res["timings"][0] or "not timed on a CPU"
+    print(f"scored in {res['dtype']}; scoring form: {', '.join(res['forms'])} ({timing})")
     print(f"resident: {res['placement']}")
     print(f"streamed: {stream['placement']}")
     print(f"resident and streamed points identical: {same}")

@@ -205,6 +205,7 @@ class SweepReport:
     #: where the parents lived this session (None when every point was already stored)
     placement: str | None = None
     dtype: str = "float32"  # the dtype the model was scored in (`--dtype auto` resolved)
+    workers: dict[int, Any] = field(default_factory=dict)  # --ray: what each worker did
 
 
 def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
@@ -228,6 +229,7 @@ def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
         skipped=len(outcome.skipped),
         placement=outcome.placement,
         dtype=runner.cfg.dtype,
+        workers=outcome.workers,
     )
 
 

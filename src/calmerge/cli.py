@@ -326,6 +326,8 @@ def sweep_cmd(
     batch_size: Annotated[str | None, typer.Option("--batch-size", help=BATCH_HELP)] = None,
     scoring_form: Annotated[str | None, typer.Option("--scoring-form", help=FORM_HELP)] = None,
     parents: Annotated[str | None, typer.Option("--parents", help="Where the parents live between points: auto (in memory when they fit), resident, streamed.")] = None,
+    ray: Annotated[str | None, typer.Option("--ray", help="Spread the points over a Ray cluster: local (start one here), auto (the one `ray start` runs here) or HOST:PORT. Needs calmerge[ray].")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Ray workers, one live model each (default: one per GPU, else per CPU).")] = None,
     samples: Annotated[int | None, typer.Option("--samples", "-k", help="Samples per open-ended prompt.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="New tokens per sample at most.")] = None,
     temperature: Annotated[float | None, typer.Option(help="Sampling temperature.")] = None,
@@ -351,7 +353,7 @@ def sweep_cmd(
         "families": tuple(family) if family else None, "mode": mode,
         "prompt_template": prompt_template, "prompt_format": prompt_format, "dtype": dtype,
         "device": device, "device_map": device_map, "max_memory": max_memory,
-        "batch_size": _parse_batch(batch_size), "scoring_form": scoring_form, "parents": parents,
+        "batch_size": _parse_batch(batch_size), "scoring_form": scoring_form, "parents": parents, "ray": ray, "workers": workers,
         "samples": samples, "max_new_tokens": max_new_tokens,
         "temperature": temperature, "top_p": top_p, "stop_token_ids": _parse_ids(stop_ids),
         "seed": seed, "pick": pick,
@@ -370,6 +372,10 @@ def _print_verdict(result) -> None:
     )
     if result.placement:
         console.print(f"scored in {result.dtype}; {result.placement}", highlight=False)
+    for i, w in sorted(result.workers.items()):
+        rate = f"{w.seconds / w.points:.1f} s/point" if w.points else "no point"
+        lost = f", {w.lost} call(s) lost with the worker" if w.lost else ""
+        console.print(f"worker {i} ({w.node}): {w.points} points, {rate}{lost}", highlight=False)
     for sentence in result.sentences:
         console.print(f"[bold]•[/] {sentence}", highlight=False)
     console.print(f"report: {result.html}")

@@ -359,6 +359,11 @@ class SweepConfig(EvalSettings):
     #: where the parents live between points (`sweep.parents`): held in memory when they fit
     #: (auto), always (resident), or streamed (pinned host memory on a GPU, else disk)
     parents: Literal["auto", "resident", "streamed"] = "auto"
+    #: a Ray cluster to spread the points over (`sweep.distributed`): "local" starts one on this
+    #: machine, "auto" joins the one `ray start` runs here, HOST:PORT joins a head node
+    ray: str | None = Field(None, min_length=1, max_length=300)
+    #: Ray workers, each one live model (one GPU each with CUDA); None: one per device
+    workers: int | None = Field(None, ge=1, le=4096)
     objectives: tuple[str, ...] | None = None
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
@@ -513,6 +518,8 @@ IDENTITY_EXCLUDED: dict[str, str] = {
     "device_map": "where the same weights are placed; the arithmetic is the same",
     "max_memory": "where the same weights are placed; the arithmetic is the same",
     "scoring_form": "how the same log-likelihoods are computed; equal within 1e-5 (tested)",
+    "ray": "where points are computed, not what they are (tested equal to a local sweep)",
+    "workers": "where points are computed, not what they are",
     "parents": "where the parents live between points; a point's weights are identical (tested)",
 }
 

@@ -59,7 +59,19 @@ def test_prefix_form_on_sliding_windows_longer_than_the_window(family_pair):
                                packed.choice_logprobs[packed.mask], atol=1e-5)
 
 
-def test_auto_keeps_the_form_it_timed_faster(llama):
+@pytest.fixture
+def timed_on_cpu(monkeypatch):
+    """The timing the CPU skips (see `score.TIMED_DEVICES`), switched on to test it here."""
+    monkeypatch.setattr(score, "TIMED_DEVICES", {"cuda", "cpu"})
+
+
+def test_auto_is_packed_on_the_cpu_without_timing(llama):
+    model, tok = llama
+    sc, _ = _score(model, tok, _items(), batch_size=4, form="auto")
+    assert sc._form == "packed" and sc.form_timings == {} and set(sc.last_paths) == {"packed"}
+
+
+def test_auto_keeps_the_form_it_timed_faster(llama, timed_on_cpu):
     model, tok = llama
     items = _items()
     _, packed = _score(model, tok, items, batch_size=4)
@@ -76,7 +88,7 @@ def test_auto_keeps_the_form_it_timed_faster(llama):
     np.testing.assert_allclose(again.choice_logprobs, got.choice_logprobs, atol=1e-6)
 
 
-def test_auto_picks_prefix_when_it_is_faster(llama, monkeypatch):
+def test_auto_picks_prefix_when_it_is_faster(llama, monkeypatch, timed_on_cpu):
     """The choice follows the clock: with the packed forward slowed down, prefix is kept."""
     import time
 
@@ -92,7 +104,7 @@ def test_auto_picks_prefix_when_it_is_faster(llama, monkeypatch):
     assert sc._form == "prefix" and set(sc.last_paths) == {"prefix"}
 
 
-def test_a_model_the_prefix_form_cannot_take_is_scored_packed(llama, monkeypatch):
+def test_a_model_the_prefix_form_cannot_take_is_scored_packed(llama, monkeypatch, timed_on_cpu):
     model, tok = llama
 
     def refuse(*a, **kw):

@@ -81,6 +81,11 @@ BatchSize = int | Literal["auto"]
 #: KV cache (`eval.prefix`); "auto" times both on the first batch and keeps the faster
 Form = Literal["auto", "packed", "prefix"]
 FORMS: tuple[str, ...] = ("auto", "packed", "prefix")
+#: device types where "auto" times the two forms. Not the CPU: there the two measured level
+#: (benchmarks/gpu_sweep.py: 0.40 s packed, 0.45 s prefix on the first batch), and a choice by
+#: the clock would make two runs of one sweep differ in the 8th digit, where CPU runs are
+#: otherwise reproducible bit for bit (resume and shared-store tests compare exactly)
+TIMED_DEVICES = {"cuda"}
 #: a batch: the questions order[start:stop] of the length-sorted order
 Span = tuple[int, int]
 
@@ -530,8 +535,9 @@ class Scorer:
     def _choose_form(
         self, model: Any, decoder: Any, plan: AttentionPlan, dtype: Any, span: Span
     ) -> None:
-        """`form="auto"`: time the first (longest) batch packed and from the prefix cache, on
-        this model and device, and keep the faster for every later batch and call. The packed
+        """`form="auto"`: on a GPU (`TIMED_DEVICES`), time the first (longest) batch packed and
+        from the prefix cache, and keep the faster for every later batch and call; elsewhere
+        the packed form. The packed
         form runs once untimed first (kernel selection, allocator warm-up). A form that runs
         out of memory, or that the model cannot take, loses; ties go to the packed form."""
         import time
@@ -542,6 +548,8 @@ class Scorer:
         if not plan.pack:  # neither form: the model builds its own masks, one row per choice
             return
         device = input_device(model)
+        if getattr(device, "type", str(device)) not in TIMED_DEVICES:
+            return  # the CPU: packed, measured level with prefix, and reproducible bit for bit
         sync = torch_sync(device)
 
         def timed() -> tuple[float, str]:

@@ -77,6 +77,8 @@ class SweepOutcome:
     skipped: list[tuple[str, float]] = field(default_factory=list)
     #: where the parents lived (`Placement.describe`), None when no point needed the model
     placement: str | None = None
+    #: with --ray: what each worker did (`distributed.WorkerStats`), by worker index
+    workers: dict[int, Any] = field(default_factory=dict)
 
 
 def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str, str]) -> dict:
@@ -127,6 +129,9 @@ class Sweep:
 
         self.cfg = cfg
         check_output_dir(Path(cfg.out))
+        self._pool: Any = None
+        if cfg.ray:  # the cluster is checked before anything is written
+            self._ray_check()
         self.base = open_checkpoint(
             cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
         )
@@ -190,6 +195,28 @@ class Sweep:
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
+
+    def _ray_check(self) -> None:
+        from calmerge.sweep import distributed
+
+        ray = distributed.import_ray()
+        distributed.check_address(self.cfg.ray)
+        distributed.connect(ray, self.cfg.ray, self.cfg.workers or 1)
+        gpu = self.cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
+        kind = "GPU" if gpu else "CPU"
+        self._ray_workers = self.cfg.workers or max(1, int(ray.cluster_resources().get(kind, 1)))
+        self._ray_gpu = gpu
+        distributed.check_capacity(ray, self._ray_workers, gpu)
+
+    def _workers(self) -> Any:
+        """The Ray worker pool, started at the first point that needs computing."""
+        if self._pool is None:
+            from calmerge.sweep.distributed import WorkerPool
+
+            self._pool = WorkerPool(self.cfg.model_dump(mode="json"), self._ray_workers,
+                                    gpu=self._ray_gpu)
+            self._pool.start()
+        return self._pool
 
     @property
     def items(self) -> dict[str, list]:
@@ -339,6 +366,8 @@ class Sweep:
         """
         self.store.add_points(self.run.id, family, lams)
         todo = [round_lam(x) for x in lams]
+        if self.cfg.ray:
+            return self._run_points_ray(family, todo, outcome, bar)
         waited = False
         while todo:
             held = []
@@ -353,6 +382,44 @@ class Sweep:
                         held.append(lam)
                     continue
                 self._compute(status, family, lam, outcome, bar)
+            todo = held
+            if todo:
+                waited = True
+                bar.describe(f"{family}: waiting for {len(todo)} point(s) another sweep holds")
+                time.sleep(0.5)
+
+    def _run_points_ray(self, family: str, todo: list[float], outcome: SweepOutcome, bar) -> None:
+        """`_run_points` over the Ray pool: a point is claimed when a worker takes it and
+        recorded here, by the driver, when the worker answers (`sweep.distributed`)."""
+        waited = False
+        while todo:
+            held: list[float] = []
+
+            def claim(fam: str, lam: float, held=held, waited=waited) -> int | None:
+                pid = self.store.claim(self.run.id, fam, lam)
+                if pid is None:
+                    if not self._is_done(fam, lam):
+                        held.append(lam)
+                    else:
+                        if not waited:
+                            outcome.skipped.append((fam, lam))
+                        bar.advance(self.work_per_point)
+                return pid
+
+            def done(job: Any, result: dict[str, Any]) -> None:
+                self.store.finish_point(
+                    job.point_id, metrics=result["metrics"], predictions=result["predictions"],
+                    generations=result["generations"], seconds=result["seconds"],
+                )
+                outcome.computed.append((job.family, job.lam))
+                outcome.placement = result["placement"]
+                bar.advance(self.work_per_point)
+                bar.describe(f"{family}: {len(outcome.computed)} points on "
+                             f"{self._ray_workers} Ray workers")
+
+            pool = self._workers()
+            pool.run([(family, lam) for lam in todo], claim, done, self.store.release)
+            outcome.workers = pool.stats
             todo = held
             if todo:
                 waited = True
@@ -416,6 +483,9 @@ class Sweep:
             if self._model is not None:
                 outcome.placement = self.placement
                 self._interp.close()  # scratch copies of offloaded weights, if any
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
         return outcome
 
     def _execute(self, outcome: SweepOutcome, progress: bool) -> None:
