@@ -96,9 +96,9 @@ class PointWorker:
     and reported by `ready`, with the node it happened on, so the driver prints one line.
     """
 
-    def __init__(self, config: dict[str, Any], threads: int | None) -> None:
-        import tempfile
-
+    def __init__(
+        self, build: Callable[[dict[str, Any]], Any], config: dict[str, Any], threads: int | None
+    ) -> None:
         self.node = socket.gethostname()
         self.error: str | None = None
         self.sweep: Any = None
@@ -107,15 +107,7 @@ class PointWorker:
 
             torch.set_num_threads(threads)
         try:
-            from calmerge.config import SweepConfig
-            from calmerge.results.store import ResultStore
-            from calmerge.sweep.runner import Sweep
-
-            cfg = SweepConfig.model_validate(config)
-            scratch = tempfile.mkdtemp(prefix="calmerge-worker-")
-            # the same validation and tokenised data as the driver's; its own throwaway store
-            cfg = cfg.model_copy(update={"out": os.path.join(scratch, "report"), "ray": None})
-            self.sweep = Sweep(cfg, store=ResultStore(os.path.join(scratch, "scratch.db")))
+            self.sweep = build(config)  # `runner.worker_sweep`, passed in: no import cycle
         except CalmergeError as exc:
             self.error = exc.one_line()
 
@@ -153,6 +145,8 @@ class WorkerPool:
 
     config: dict[str, Any]
     workers: int
+    #: config → the worker's `Sweep` (`runner.worker_sweep`)
+    build: Callable[[dict[str, Any]], Any] | None = None
     gpu: bool = False
     actors: list[Any] = field(default_factory=list)
     stats: dict[int, WorkerStats] = field(default_factory=dict)
@@ -162,7 +156,7 @@ class WorkerPool:
         cls = ray.remote(max_restarts=-1, max_task_retries=0)(PointWorker)
         opts = {"num_gpus": 1, "num_cpus": 1} if self.gpu else {"num_cpus": 1}
         threads = None if self.gpu else 1  # one core each: workers must not fight for cores
-        self.actors = [cls.options(**opts).remote(self.config, threads)
+        self.actors = [cls.options(**opts).remote(self.build, self.config, threads)
                        for _ in range(self.workers)]
         for i, (node, _pid, error) in enumerate(ray.get([a.ready.remote() for a in self.actors])):
             if error is not None:

@@ -113,6 +113,18 @@ def scan_finite(ckpt: Any) -> None:
         check_finite(ckpt, name, ckpt.get(name))
 
 
+def worker_sweep(config: dict[str, Any]) -> Sweep:
+    """A Ray worker's sweep (`sweep.distributed`): the driver's config, validated and tokenised
+    the same way, over a throwaway store and report folder of its own (the driver alone writes
+    the real store)."""
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="calmerge-worker-"))
+    cfg = SweepConfig.model_validate(config)
+    cfg = cfg.model_copy(update={"out": str(scratch / "report"), "ray": None})
+    return Sweep(cfg, store=ResultStore(scratch / "scratch.db"))
+
+
 class Sweep:
     """A prepared sweep: models open, data tokenised once, store attached.
 
@@ -214,7 +226,7 @@ class Sweep:
             from calmerge.sweep.distributed import WorkerPool
 
             self._pool = WorkerPool(self.cfg.model_dump(mode="json"), self._ray_workers,
-                                    gpu=self._ray_gpu)
+                                    build=worker_sweep, gpu=self._ray_gpu)
             self._pool.start()
         return self._pool
 
@@ -390,7 +402,12 @@ class Sweep:
 
     def _run_points_ray(self, family: str, todo: list[float], outcome: SweepOutcome, bar) -> None:
         """`_run_points` over the Ray pool: a point is claimed when a worker takes it and
-        recorded here, by the driver, when the worker answers (`sweep.distributed`)."""
+        recorded here, by the driver, when the worker answers (`sweep.distributed`). The
+        workers start only when some point is left to compute."""
+        for lam in [x for x in todo if self._is_done(family, x)]:
+            outcome.skipped.append((family, lam))
+            bar.advance(self.work_per_point)
+            todo.remove(lam)
         waited = False
         while todo:
             held: list[float] = []
