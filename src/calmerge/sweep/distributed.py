@@ -110,6 +110,8 @@ class PointWorker:
             self.sweep = build(config)  # `runner.worker_sweep`, passed in: no import cycle
         except CalmergeError as exc:
             self.error = exc.one_line()
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
 
     def ready(self) -> tuple[str, int, str | None]:
         return self.node, os.getpid(), self.error
@@ -205,6 +207,10 @@ class WorkerPool:
                 kind, worker, job = pending.pop(ready[0])
                 try:
                     result = ray.get(ready[0])
+                except ray.exceptions.RayTaskError as exc:  # the point itself failed
+                    if isinstance(exc.cause, CalmergeError):
+                        raise exc.cause from None  # one line, as without Ray
+                    raise
                 except lost_errors:
                     if job is not None:  # the point goes back, still ours, to the next worker
                         self.stats[worker].lost += 1
