@@ -25,6 +25,15 @@ def tiny_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def llama(tiny_pair):
+    """(model, tokenizer) of the tiny base, loaded once for every scoring test that reads it
+    (a module may define its own `llama` for another checkpoint)."""
+    from calmerge.eval.loading import load_model
+
+    return load_model(tiny_pair[0], device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="session")
 def tiny_models_dir(tmp_path_factory) -> Path:
     """A scratch root for tests that build their own variants."""
     return tmp_path_factory.mktemp("models")

@@ -58,11 +58,6 @@ def varied_items(n: int = 20) -> list[Item]:
     ]
 
 
-@pytest.fixture(scope="module")
-def llama(tiny_pair):
-    return load_model(tiny_pair[0], device="cpu", dtype="float32")
-
-
 def assert_same_scores(a, b) -> None:
     """Per-choice log-likelihoods within 1e-5 (float32 matmuls vary with the batch's shape)
     and the same predictions."""

@@ -36,11 +36,6 @@ def make_items(n: int = 9) -> list[Item]:
 
 
 @pytest.fixture(scope="module")
-def llama(tiny_pair):
-    return load_model(tiny_pair[0], device="cpu", dtype="float32")
-
-
-@pytest.fixture(scope="module")
 def qwen(tiny_models_dir):
     path = make_model(tiny_models_dir / "qwen_eval", seed=2, arch="qwen2")
     return load_model(path, device="cpu", dtype="float32")
