@@ -179,3 +179,29 @@ def test_unreachable_address_and_missing_ray(tiny_pair, items, tmp_path, monkeyp
         Sweep(_cfg(tiny_pair, items, tmp_path, ray="local"))
     assert "pip install 'calmerge[ray]'" in exc.value.hint
     assert not (tmp_path / "runs.db").exists()
+
+
+def test_a_multi_task_sweep_on_ray_equals_the_local_one(cluster, tiny_pair, items, tmp_path):
+    """Two tasks per point: a worker returns every task's splits, the driver saves them (and
+    the aggregate) in the point's one transaction."""
+    rows = [json.loads(line) for line in items[0].read_text().splitlines()]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({**r, "id": f"o{i}", "question": f"Name shade {i}."})
+                             + "\n" for i, r in enumerate(rows[:24])))
+
+    def run(sub, **kw):
+        cfg = SweepConfig(base=str(tiny_pair[0]), aligned=str(tiny_pair[1]),
+                          data=({"data": str(items[0]), "dev": str(items[1])},
+                                {"data": str(other), "dev": str(items[1]), "name": "other"}),
+                          grid=(0.0, 0.5, 1.0), refine=False, n_boot=30, device="cpu",
+                          store=str(tmp_path / sub / "runs.db"), out=str(tmp_path / sub / "r"),
+                          **kw)
+        api.sweep(cfg, progress=False)
+        return api.results_table(cfg.store)
+
+    local = run("local")
+    remote = run("ray", ray=cluster, workers=2)
+    assert len(local) == len(remote) == 9  # 3 points x (2 tasks + the aggregate)
+    diff = [(a["lam"], a["task"], k, a[k], b.get(k)) for a, b in zip(local, remote, strict=True)
+            for k in a if a[k] != b.get(k) and not (a[k] != a[k] and b.get(k) != b.get(k))]
+    assert not diff, diff[:6]
