@@ -65,12 +65,12 @@ def check_address(address: str, timeout: float = 3.0) -> None:
         ) from None
 
 
-def connect(ray: Any, address: str, workers: int) -> None:
+def connect(ray: Any, address: str) -> None:
     """Join (or start, for 'local') the cluster, quietly."""
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
                               "configure_logging": False}
-    if address == "local":
-        kwargs["num_cpus"] = max(workers, os.cpu_count() or 1)
+    if address == "local":  # this machine's cores, so more workers than cores is refused
+        kwargs["num_cpus"] = os.cpu_count() or 1
     else:
         kwargs["address"] = address
     if not ray.is_initialized():

@@ -213,7 +213,7 @@ class Sweep:
 
         ray = distributed.import_ray()
         distributed.check_address(self.cfg.ray)
-        distributed.connect(ray, self.cfg.ray, self.cfg.workers or 1)
+        distributed.connect(ray, self.cfg.ray)
         gpu = self.cfg.device != "cpu" and ray.cluster_resources().get("GPU", 0) > 0
         kind = "GPU" if gpu else "CPU"
         self._ray_workers = self.cfg.workers or max(1, int(ray.cluster_resources().get(kind, 1)))
