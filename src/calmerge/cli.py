@@ -375,7 +375,8 @@ def _print_verdict(result) -> None:
     for i, w in sorted(result.workers.items()):
         rate = f"{w.seconds / w.points:.1f} s/point" if w.points else "no point"
         lost = f", {w.lost} call(s) lost with the worker" if w.lost else ""
-        console.print(f"worker {i} ({w.node}): {w.points} points, {rate}{lost}", highlight=False)
+        points = f"{w.points} point{'' if w.points == 1 else 's'}"
+        console.print(f"worker {i} ({w.node}): {points}, {rate}{lost}", highlight=False)
     for sentence in result.sentences:
         console.print(f"[bold]•[/] {sentence}", highlight=False)
     console.print(f"report: {result.html}")
