@@ -255,7 +255,8 @@ class EvalSettings(Frozen):
     #: on out-of-memory
     batch_size: int | Literal["auto"] = "auto"
     #: how choices read their context: packed (one sequence per question, block mask), prefix
-    #: (the context's KV cache), or auto (both timed on the first batch, the faster kept)
+    #: (the context's KV cache), or auto (on a GPU both timed on the first batch and the faster
+    #: kept; on a CPU packed, untimed, so runs stay reproducible bit for bit)
     scoring_form: Literal["auto", "packed", "prefix"] = "auto"
     samples: int = Field(8, ge=2, le=256)
     temperature: float = Field(1.0, gt=0)
@@ -288,6 +289,12 @@ class EvalSettings(Frozen):
         except ConfigError as exc:
             raise ValueError(exc.message) from None
         return v
+
+    @model_validator(mode="after")
+    def _max_memory_needs_a_map(self) -> EvalSettings:
+        if self.max_memory and self.device_map is None:  # accelerate would ignore it silently
+            raise ValueError("--max-memory caps a dispatch: pass --device-map auto too")
+        return self
 
 
 def _check_fewshot(fewshot: int | None, dev: str | None, where: str = "") -> None:
@@ -540,8 +547,10 @@ def parse_max_memory(text: str | None) -> dict[Any, str | int] | None:
     for part in text.split(","):
         key, sep, value = part.strip().partition("=")
         key = key.strip()
-        if not sep or not value.strip() or not (key.isdigit() or key in ("cpu", "disk")
-                                                or key.startswith("cuda:")):
+        if not sep or not value.strip() or not (
+            key.isdigit() or key in ("cpu", "disk")
+            or (key.startswith("cuda:") and key[5:].isdigit())
+        ):
             raise ConfigError(
                 f"--max-memory '{part.strip()}': expected DEVICE=SIZE",
                 "e.g. --max-memory 0=20GiB,1=20GiB,cpu=60GiB",
