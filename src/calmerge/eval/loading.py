@@ -62,11 +62,15 @@ def resolve_dtype(
         return dtype
     from calmerge.io.models import open_checkpoint
 
-    ckpt = open_checkpoint(
+    return checkpoint_dtype(open_checkpoint(
         source, base=base, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
-    )
-    ckpt = getattr(ckpt, "base", ckpt)  # an adapter's weights are its base's
-    return auto_eval_dtype(ckpt.tag_counts)
+    ))
+
+
+def checkpoint_dtype(ckpt: Any) -> str:
+    """`--dtype auto` of an open checkpoint: the dtype its weights are stored in (an adapter's
+    are its base's, the architecture a sweep's live model runs)."""
+    return auto_eval_dtype(getattr(ckpt, "base", ckpt).tag_counts)
 
 
 def input_device(model: Any) -> Any:

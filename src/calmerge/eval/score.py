@@ -55,6 +55,7 @@ import numpy as np
 
 from calmerge.errors import ConfigError, DataError
 from calmerge.eval import batching
+from calmerge.eval.attention import FULL, SLIDING, AttentionPlan, attention_plan
 from calmerge.eval.batching import ModelSizes, QuestionSize, plan_batches
 from calmerge.eval.data import Item
 from calmerge.eval.metrics import Metric, compute_metrics
@@ -69,11 +70,11 @@ from calmerge.eval.packing import (
 from calmerge.eval.prefix import head_logits, prefix_scores
 from calmerge.eval.prompts import Mode, PromptBuilder, PromptFormat, targets
 
-__all__ = ["Metric", "ScoreResult", "Scorer", "compute_metrics", "finalize"]
+__all__ = [
+    "FULL", "SLIDING", "AttentionPlan", "Metric", "ScoreResult", "Scorer", "attention_plan",
+    "compute_metrics", "finalize",
+]
 
-
-#: layer types whose masks the packed form reproduces (transformers' `config.layer_types` names)
-FULL, SLIDING = "full_attention", "sliding_attention"
 
 #: questions per forward: a number, or "auto" (as many as the memory takes, `eval.batching`)
 BatchSize = int | Literal["auto"]
@@ -88,53 +89,6 @@ FORMS: tuple[str, ...] = ("auto", "packed", "prefix")
 TIMED_DEVICES = {"cuda"}
 #: a batch: the questions order[start:stop] of the length-sorted order
 Span = tuple[int, int]
-
-
-@dataclass(frozen=True)
-class AttentionPlan:
-    """What a model's attention needs for packed scoring, read from its (decoder's) config.
-
-    `window` None: every layer is global, the block mask is the whole story. Otherwise
-    `layer_types` names the distinct layer types: (SLIDING,) when every layer slides (one mask),
-    (FULL, SLIDING) when mixed (one mask per type, as a dict). `pack` False: the packed form is
-    not reproducible for this architecture at all and every batch is scored unpacked; `why` says
-    why, for the docs and the tests.
-    """
-
-    window: int | None = None
-    layer_types: tuple[str, ...] = (FULL,)
-    pack: bool = True
-    why: str = ""
-
-
-def attention_plan(config: Any) -> AttentionPlan:
-    """Local attention as transformers 5 builds it from a config, without naming models.
-
-    `sliding_window` is the window; `use_sliding_window=False` (Qwen2 family) switches it off;
-    `layer_types` says which layers use it, and its absence means all of them (Mistral, Phi-3,
-    Starcoder2 apply `create_sliding_window_causal_mask` to every layer). Layer types other than
-    full/sliding attention (chunked, linear/recurrent, …) and `attention_chunk_size` are not
-    reproduced by a packed mask: unpacked.
-    """
-    types = getattr(config, "layer_types", None)
-    kinds = tuple(dict.fromkeys(types)) if types else None
-    if kinds is not None and not set(kinds) <= {FULL, SLIDING}:
-        other = sorted(set(kinds) - {FULL, SLIDING})
-        return AttentionPlan(pack=False, why=f"layer types {', '.join(other)}")
-    if getattr(config, "attention_chunk_size", None):
-        return AttentionPlan(pack=False, why="chunked attention")
-    window = getattr(config, "sliding_window", None)
-    if getattr(config, "use_sliding_window", True) is False:
-        window = None
-    if kinds is not None and SLIDING not in kinds:
-        return AttentionPlan()
-    if not window:
-        if kinds is not None:  # sliding layers but no window: not a config we can read
-            return AttentionPlan(pack=False, why="sliding layers without a sliding_window")
-        return AttentionPlan()
-    if kinds is None or kinds == (SLIDING,):
-        return AttentionPlan(window=int(window), layer_types=(SLIDING,))
-    return AttentionPlan(window=int(window), layer_types=(FULL, SLIDING))
 
 
 @dataclass(frozen=True)
@@ -542,6 +496,8 @@ class Scorer:
         out of memory, or that the model cannot take, loses; ties go to the packed form."""
         import time
 
+        import torch
+
         from calmerge.eval.loading import input_device
 
         self._form = "packed"
@@ -554,7 +510,7 @@ class Scorer:
 
         def timed() -> tuple[float, str]:
             start = time.perf_counter()
-            with _inference():
+            with torch.inference_mode():
                 path = self._batch_logprobs(model, decoder, plan, dtype, span)[2]
             sync()
             return time.perf_counter() - start, path
@@ -578,9 +534,11 @@ class Scorer:
 
     # -- one batch -------------------------------------------------------------------------------
 
+    def _group(self, span: Span) -> list[Encoded]:
+        return [self.encoded[i] for i in self.order[span[0] : span[1]]]
+
     def _pack(self, span: Span) -> PackedBatch:
-        group = [self.encoded[i] for i in self.order[span[0] : span[1]]]
-        return pack_batch(group, span[0], self.n_choices, self._pad)
+        return pack_batch(self._group(span), span[0], self.n_choices, self._pad)
 
     def _packed_batch(self, span: Span) -> PackedBatch:
         if span not in self._packed:
@@ -589,8 +547,9 @@ class Scorer:
 
     def _unpacked_batch(self, span: Span) -> PackedBatch:
         if span not in self._unpacked:
-            group = [self.encoded[i] for i in self.order[span[0] : span[1]]]
-            self._unpacked[span] = unpack_batch(group, span[0], self.n_choices, self._pad)
+            self._unpacked[span] = unpack_batch(
+                self._group(span), span[0], self.n_choices, self._pad
+            )
         return self._unpacked[span]
 
     def _batch_logprobs(
@@ -599,7 +558,7 @@ class Scorer:
         """(log-probs, greedy hits, path, the batch that ran) of one batch's targets, by the
         cheapest form that reproduces the plain sequence (see module doc)."""
         if self._uses_prefix(plan, decoder):
-            group = [self.encoded[i] for i in self.order[span[0] : span[1]]]
+            group = self._group(span)
             try:
                 lp, hit = prefix_scores(model, group, self._pad)
             except NotImplementedError:  # a cache this form was not checked with: packed
@@ -642,12 +601,6 @@ def torch_sync(device: Any) -> Callable[[], None]:
     if getattr(device, "type", str(device)) == "cuda" or str(device).startswith("cuda"):
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
-
-
-def _inference() -> Any:
-    import torch
-
-    return torch.inference_mode()
 
 
 def _fixed_batch_size(value: Any) -> int:

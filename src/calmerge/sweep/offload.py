@@ -60,8 +60,6 @@ class OffloadScratch:
     """
 
     def __init__(self, model: Any, root: str | Path | None = None) -> None:
-        import numpy as np
-
         self.loaders = offloaded_loaders(model)
         self.folder = Path(tempfile.mkdtemp(prefix="calmerge-offload-", dir=root))
         self._views: dict[str, Any] = {}
@@ -70,14 +68,15 @@ class OffloadScratch:
         try:
             for loader in self.loaders.values():
                 if id(loader) not in adopted:
-                    self._adopt(loader, np)
+                    self._adopt(loader)
                     adopted.add(id(loader))
         except Exception:
             self.close()
             raise
 
-    def _adopt(self, loader: Any, np: Any) -> None:
+    def _adopt(self, loader: Any) -> None:
         """Copy every value of `loader` into scratch files and point the loader at them."""
+        import numpy as np
         import torch
 
         if not hasattr(loader, "index") or not hasattr(loader, "state_dict"):

@@ -157,10 +157,9 @@ class Sweep:
         if cfg.dtype == "auto":
             # resolved before the run's identity: the dtype scored in is what identifies it (a
             # float32 checkpoint's "auto" run is its float32 run) and what the report states
-            from calmerge.dtypes import auto_eval_dtype
+            from calmerge.eval.loading import checkpoint_dtype
 
-            live = getattr(self.aligned, "base", self.aligned)  # an adapter runs its base
-            cfg = cfg.model_copy(update={"dtype": auto_eval_dtype(live.tag_counts)})
+            cfg = cfg.model_copy(update={"dtype": checkpoint_dtype(self.aligned)})
             self.cfg = cfg
         if cfg.prompts and cfg.stop_token_ids is None:
             # one generation config for every λ: stop at either parent's end-of-sequence ids
