@@ -20,6 +20,7 @@ from calmerge.io.atomic import atomic_write_text
 if TYPE_CHECKING:
     from calmerge.analysis.diff import LayerDelta
     from calmerge.analysis.pareto import Point
+    from calmerge.analysis.simplex import SimplexVerdict
     from calmerge.analysis.verdict import Verdict
     from calmerge.eval.evaluate import Evaluation
     from calmerge.eval.metrics import Metric
@@ -198,7 +199,7 @@ class SweepReport:
     store: Path
     html: Path
     markdown: Path
-    verdict: Verdict
+    verdict: Verdict | SimplexVerdict  # a sweep over several models: the simplex verdict
     sentences: list[str]
     computed: int
     skipped: int
@@ -347,6 +348,69 @@ class WrittenReport:
     sentences: list[str]
 
 
+@dataclass(frozen=True)
+class SimplexAnalysis:
+    """A sweep over several models from the store: its points and the simplex verdict."""
+
+    db: ResultStore
+    run: RunRecord
+    config: SweepConfig
+    points: list[Point]
+    verdict: SimplexVerdict
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self.config.models]
+
+
+def analyse_simplex(store: str | Path, run: str | None, *, pick: str = "max-acc") -> SimplexAnalysis:
+    """Load a sweep over several models and judge it (`analysis.simplex`); no model is loaded.
+
+    The pick is chosen on dev when the run has one (reported on test), and compared with every
+    parent and with the best point of every edge.
+    """
+    from calmerge.analysis.pick import check_rule
+    from calmerge.analysis.simplex import simplex_verdict
+    from calmerge.results.points import load_points
+
+    check_rule(pick)
+    db = _open_store(store)
+    rec = db.run(run)
+    cfg = stored_config(rec)
+    points = load_points(db, rec.id, n_bins=cfg.n_bins, aggregate=cfg.aggregate)
+    if not points:
+        raise StoreError(f"run {rec.id} has no finished points", "run or resume the sweep first")
+    splits = {s for p in points for s in p.metrics}
+    v = simplex_verdict(
+        points, [m.name for m in cfg.models], select_split="dev" if "dev" in splits else "test",
+        report_split="test", rule=pick, objectives=cfg.objectives, upper=cfg.simplex_max,
+        n_boot=cfg.n_boot, seed=cfg.seed,
+    )
+    return SimplexAnalysis(db, rec, cfg, points, v)
+
+
+def _report_meta(rec: RunRecord, cfg: SweepConfig, db: ResultStore, store: str | Path) -> dict:
+    """The report's header rows: run, models, data, scoring, generation, notes, store."""
+    from calmerge.report.sentences import data_meta, generation_settings
+
+    models = (
+        {f"model {m.name}": m.path for m in cfg.models} if cfg.simplex
+        else {"base": cfg.base, "aligned": cfg.aligned}
+    )
+    return {
+        "run": f"{rec.id} ({rec.config_hash})",
+        **models,
+        **data_meta(cfg),
+        "scoring": (
+            f"{cfg.dtype} (each task's mode and prompt format above)" if cfg.multi_task
+            else f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}"
+        ),
+        **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
+        **{f"note {i + 1}": n for i, n in enumerate(db.notes(rec.id))},
+        "store": str(Path(store)),
+    }
+
+
 def report(
     store: str | Path, run: str | None, out: str | Path, *, pick: str = "max-acc"
 ) -> WrittenReport:
@@ -355,25 +419,15 @@ def report(
     from calmerge.io.outputs import check_report_dir, run_inputs, write_marker
     from calmerge.report import write_report
     from calmerge.report.examples import example_tables
-    from calmerge.report.sentences import data_meta, generation_settings, verdict_sentences
+    from calmerge.report.sentences import verdict_sentences
 
     check_rule(pick)
-    check_report_dir(out, store, run_inputs(_stored_run_config(store, run)))
+    stored = _stored_run_config(store, run)
+    check_report_dir(out, store, run_inputs(stored))
+    if stored.simplex:
+        return _simplex_report(store, run, out, pick=pick)
     a = analyse(store, run, pick=pick)
-    cfg = a.config
-    meta = {
-        "run": f"{a.run.id} ({a.run.config_hash})",
-        "base": cfg.base,
-        "aligned": cfg.aligned,
-        **data_meta(cfg),
-        "scoring": (
-            f"{cfg.dtype} (each task's mode and prompt format above)" if cfg.multi_task
-            else f"{cfg.mode} · {cfg.prompt_format} prompts · {cfg.dtype}"
-        ),
-        **({"generation": generation_settings(cfg)} if cfg.prompts else {}),
-        **{f"note {i + 1}": n for i, n in enumerate(a.db.notes(a.run.id))},
-        "store": str(Path(store)),
-    }
+    meta = _report_meta(a.run, a.config, a.db, store)
     write_marker(out, "report")
     paths = write_report(
         a.points,
@@ -386,6 +440,23 @@ def report(
         task_verdicts=a.task_verdicts,
     )
     return WrittenReport(paths, a.verdict, verdict_sentences(a.verdict))
+
+
+def _simplex_report(
+    store: str | Path, run: str | None, out: str | Path, *, pick: str
+) -> WrittenReport:
+    """The report of a sweep over several models (`report.simplex`)."""
+    from calmerge.io.outputs import write_marker
+    from calmerge.report.sentences import simplex_sentences
+    from calmerge.report.simplex import write_simplex_report
+
+    a = analyse_simplex(store, run, pick=pick)
+    write_marker(out, "report")
+    paths = write_simplex_report(
+        a.points, a.names, a.verdict, Path(out), title=a.run.name,
+        meta=_report_meta(a.run, a.config, a.db, store), upper=a.config.simplex_max,
+    )
+    return WrittenReport(paths, a.verdict, simplex_sentences(a.verdict))
 
 
 def export(
@@ -410,8 +481,12 @@ def export(
     check_rule(pick)
     from calmerge.io.outputs import run_inputs
 
-    inputs = [("results store", store), *run_inputs(_stored_run_config(store, run))]
+    stored = _stored_run_config(store, run)
+    inputs = [("results store", store), *run_inputs(stored)]
     check_not_input(out, inputs, "-o")
+    if stored.simplex:
+        return _export_simplex(store, run, pick=pick, out=out, force=force,
+                               max_shard_size=max_shard_size)
     a = analyse(store, run, pick=pick)
     point, cfg = a.verdict.pick, a.config
     from calmerge.io.models import open_checkpoint
@@ -446,6 +521,33 @@ def export(
         extra_files=files,
         allow_pickle=cfg.allow_pickle,
         trust_remote_code=cfg.trust_remote_code,
+    )
+    return path, point
+
+
+def _export_simplex(
+    store: str | Path, run: str | None, *, pick: str, out: str | Path, force: bool,
+    max_shard_size: str,
+) -> tuple[Path, Point]:
+    """Write a simplex point (the pick, or `weights=…`) through the merge engine, its card
+    carrying the measured numbers and the recipe (the same MergeConfig the sweep applied)."""
+    from calmerge.io.models import open_checkpoint
+    from calmerge.merge.engine import merge_simplex
+    from calmerge.report.card import simplex_card
+    from calmerge.results.points import check_models_unchanged
+
+    a = analyse_simplex(store, run, pick=pick)
+    cfg, point = a.config, a.verdict.pick
+    opts = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
+    check_models_unchanged(a.run, *(
+        open_checkpoint(m.path, **opts, **({"base": cfg.base} if i else {}))
+        for i, m in enumerate(cfg.models)
+    ), names=a.names)
+    path = merge_simplex(
+        [m.path for m in cfg.models], point.mix, Path(out), method=point.family, force=force,
+        max_shard_size=max_shard_size, allow_pickle=cfg.allow_pickle,
+        trust_remote_code=cfg.trust_remote_code,
+        model_card_extra=simplex_card(point, a.verdict, run_id=a.run.id, run_name=a.run.name),
     )
     return path, point
 

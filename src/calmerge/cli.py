@@ -306,6 +306,9 @@ def sweep_cmd(
     config: Annotated[Path | None, typer.Argument(help="YAML sweep config (flags override it).")] = None,
     base: Annotated[str | None, typer.Option(help="Pre-alignment model (dir or hub id).")] = None,
     aligned: Annotated[str | None, typer.Option(help="Aligned model (dir or hub id).")] = None,
+    models: Annotated[list[str] | None, typer.Option("--models", help="A sweep over N ≥ 3 checkpoints instead of --base/--aligned: NAME=PATH each (repeat, or several after one --models), the first the base.")] = None,
+    simplex_step: Annotated[float | None, typer.Option("--simplex-step", help="Spacing of the simplex grid over --models (default 0.1).")] = None,
+    simplex_max: Annotated[float | None, typer.Option("--simplex-max", help="Task-vector families over --models: the largest coefficient (default 1).")] = None,
     data: Annotated[list[str] | None, typer.Option(help="Test items: JSONL/CSV, hf:… or lmeval:… (repeat for several tasks; an lmeval task's include_path runs that folder's !function Python).")] = None,
     dev: Annotated[list[str] | None, typer.Option(help="Dev items (same forms as --data): λ is chosen here; once per --data, in order.")] = None,
     aggregate: Annotated[str | None, typer.Option(help="Several tasks: acc is their mean (macro) or item-weighted (micro).")] = None,
@@ -341,12 +344,14 @@ def sweep_cmd(
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Sweep merges between BASE and ALIGNED, evaluate each, report the Pareto frontier."""
+    """Sweep merges between BASE and ALIGNED (or over the simplex of --models), evaluate each,
+    report the Pareto frontier."""
     from calmerge import api
     from calmerge.config import load_sweep_config, parse_grid, task_overrides
 
     overrides = {
         "base": base, "aligned": aligned, **task_overrides(data, dev), "aggregate": aggregate,
+        "models": _model_list(models), "simplex_step": simplex_step, "simplex_max": simplex_max,
         "prompts": prompts,
         "grid": parse_grid(grid) if grid else None, "extrapolate": () if no_extrapolate else (parse_grid(extrapolate, "--extrapolate") if extrapolate else None),
         "refine": False if no_refine else None, "resolution": resolution,
@@ -363,6 +368,38 @@ def sweep_cmd(
     cfg = load_sweep_config(config, overrides)
     result = api.sweep(cfg, progress=not quiet)
     _print_verdict(result)
+
+
+def _model_list(values: list[str] | None) -> list[str] | None:
+    return list(values) if values else None
+
+
+def spread_models(argv: list[str]) -> list[str]:
+    """`--models a=A b=B c=C` → `--models a=A --models b=B --models c=C`.
+
+    Click's options take one value each, and the words after the first would otherwise be
+    read as the sweep's positional CONFIG; a NAME=PATH word (it has `=`, it is not a flag)
+    right after `--models` or after another such word belongs to the list.
+    """
+    out: list[str] = []
+    in_models = False
+    for word in argv:
+        if in_models and "=" in word and not word.startswith("-"):
+            out += ["--models", word]
+            continue
+        in_models = False
+        if word == "--models":
+            in_models = True
+            out.append(word)
+            continue
+        out.append(word)
+    # `--models` itself then took the first word: drop the doubled flag before it
+    fixed: list[str] = []
+    for word in out:
+        if word == "--models" and fixed[-1:] == ["--models"]:
+            continue
+        fixed.append(word)
+    return fixed
 
 
 def _print_verdict(result) -> None:
@@ -437,7 +474,7 @@ def report_cmd(
 @app.command("export")
 def export_cmd(
     run: Annotated[str | None, typer.Argument(help="Run id, name or hash (default: latest).")] = None,
-    pick: Annotated[str, typer.Option(help="knee, max-acc, min-ece or lambda=0.6.")] = "max-acc",
+    pick: Annotated[str, typer.Option(help="knee, max-acc, min-ece, lambda=0.6, or a simplex point: weights=base:0.2,sft:0.3,dpo:0.5.")] = "max-acc",
     store: StoreOpt = Path("calmerge-runs.db"),
     output: Annotated[Path, typer.Option("--output", "-o", help="Output model directory.")] = ...,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
@@ -445,9 +482,10 @@ def export_cmd(
 ) -> None:
     """Write the picked merge of a run as a Hugging Face checkpoint with its metrics."""
     from calmerge import api
+    from calmerge.coords import coord_label
 
     path, point = api.export(store, run, pick=pick, out=output, force=force, max_shard_size=max_shard_size)
-    console.print(f"exported {point.family} λ={point.lam:g} to {path}")
+    console.print(f"exported {point.family} {coord_label(point.coord)} to {path}", highlight=False)
 
 
 @app.command("demo")
@@ -529,7 +567,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the Typer app and turn user mistakes into one line + exit 2, Ctrl-C
     into one line + 130 and SIGTERM into one line + 143."""
     try:
-        rv = app(args=argv, standalone_mode=False)
+        rv = app(args=spread_models(list(sys.argv[1:] if argv is None else argv)),
+                 standalone_mode=False)
     except CalmergeError as exc:
         _fail(exc.one_line())
     except typer.Abort:

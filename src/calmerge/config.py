@@ -342,6 +342,32 @@ DEFAULT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 DEFAULT_EXTRAPOLATION: tuple[float, ...] = (1.1, 1.2)
 
 
+class NamedModel(Frozen):
+    """One checkpoint of a sweep over several models: the name its weight goes by, its path."""
+
+    name: str = Field(min_length=1, max_length=40, pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+    path: str = Field(min_length=1)
+
+
+def parse_models(value: Any) -> Any:
+    """`--models base=B sft=S dpo=A` (strings), a YAML mapping {base: B, …} or a list of
+    {name, path}: the models of a simplex sweep, in order, as NamedModel fields."""
+    if isinstance(value, dict):
+        return tuple({"name": k, "path": v} for k, v in value.items())
+    if isinstance(value, list | tuple):
+        out = []
+        for item in value:
+            if isinstance(item, str):
+                name, sep, path = item.partition("=")
+                if not sep or not name.strip() or not path.strip():
+                    raise ValueError(f"'{item}' is not NAME=PATH (e.g. sft=./sft-model)")
+                out.append({"name": name.strip(), "path": path.strip()})
+            else:
+                out.append(item)
+        return tuple(out)
+    return value
+
+
 class SweepConfig(EvalSettings):
     """Everything a sweep needs; the eval-relevant part is hashed to identify (and resume) a run."""
 
@@ -362,6 +388,13 @@ class SweepConfig(EvalSettings):
     resolution: float = Field(0.025, gt=0, le=0.5)
     max_refine_points: int = Field(6, ge=0, le=100)
     families: tuple[str, ...] = ("linear",)
+    #: a sweep over N ≥ 3 checkpoints (`sweep.simplex`): the models in order, the first the
+    #: base (the origin of task-vector families); `base`/`aligned` are then its first and last
+    models: tuple[NamedModel, ...] | None = None
+    #: the simplex grid's spacing (each weight a multiple of it)
+    simplex_step: float = Field(0.1, gt=0, le=1)
+    #: task-vector families: the largest coefficient λ_i of the box [0, max]^(N−1)
+    simplex_max: float = Field(1.0, gt=0, le=4)
     density: float = Field(0.5, gt=0, le=1)
     #: where the parents live between points (`sweep.parents`): held in memory when they fit
     #: (auto), always (resident), or streamed (pinned host memory on a GPU, else disk)
@@ -375,6 +408,86 @@ class SweepConfig(EvalSettings):
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
     out: str = "calmerge-report"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _models_fill_pair(cls, data: Any) -> Any:
+        """With `models`, the pair fields are the first and last model (the base every point
+        starts from, the model whose architecture and tokenizer are loaded)."""
+        if not isinstance(data, dict) or data.get("models") is None:
+            return data
+        models = parse_models(data["models"])
+
+        def path(m: Any) -> Any:
+            return m.get("path") if isinstance(m, dict) else getattr(m, "path", None)
+
+        derived = {"base": path(models[0]), "aligned": path(models[-1])} if models else {}
+        for key in ("base", "aligned"):  # a stored config carries both, equal
+            if data.get(key) is not None and data[key] != derived.get(key):
+                raise ValueError(
+                    f"'models' and '{key}' are both given: a sweep over several models names"
+                    " every model in 'models' (the first is the base)"
+                )
+        return {**data, "models": models, **derived}
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: tuple[NamedModel, ...] | None) -> tuple[NamedModel, ...] | None:
+        if v is None:
+            return v
+        if len(v) < 3:
+            raise ValueError(
+                f"{len(v)} model(s): a sweep over several models needs at least 3"
+                " (for two, give --base and --aligned)"
+            )
+        names = [m.name for m in v]
+        dup = next((n for n in names if names.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"model name '{dup}' is given twice: each model needs its own name")
+        paths = [str(Path(m.path).expanduser().resolve()) if Path(m.path).expanduser().exists()
+                 else m.path for m in v]
+        for i, path in enumerate(paths):
+            if paths.index(path) != i:
+                raise ValueError(
+                    f"models '{names[paths.index(path)]}' and '{names[i]}' are the same checkpoint"
+                    f" ({v[i].path})"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _simplex_settings(self) -> SweepConfig:
+        if self.models is None:
+            return self
+        from calmerge.merge.families import get_family, simplex_families
+        from calmerge.sweep.simplex import check_step, grid_size
+
+        for name in self.families:
+            if get_family(name).simplex is None:
+                raise ValueError(
+                    f"family '{name}' has no simplex form; a sweep over several models runs"
+                    f" {' or '.join(simplex_families())}"
+                )
+        if "extrapolate" not in self.model_fields_set:
+            object.__setattr__(self, "extrapolate", ())
+        if any(t <= 1 for t in self.extrapolate or ()):
+            raise ValueError("extrapolation points of a simplex sweep lie past the ends of an"
+                             " edge: each must be > 1 (e.g. 1.2)")
+        n = len(self.models)
+        for name in self.families:
+            tv = get_family(name).task_vectors
+            choice(lambda s, tv=tv: check_step(s, tv, self.simplex_max), self.simplex_step)
+            count = grid_size(n - 1 if tv else n, self.simplex_step, tv, self.simplex_max)
+            if count > MAX_GRID_POINTS:
+                raise ValueError(
+                    f"simplex step {self.simplex_step:g} over {n} models makes {count:,} points;"
+                    f" at most {MAX_GRID_POINTS:,} (use a coarser --simplex-step)"
+                )
+        return self
+
+    @property
+    def simplex(self) -> bool:
+        """Whether this is a sweep over several models (weight vectors, not λ)."""
+        return self.models is not None
 
     @field_validator("data", mode="before")
     @classmethod
@@ -514,6 +627,10 @@ IDENTITY_EXCLUDED: dict[str, str] = {
     "resolution": "which points are computed, not what a point is",
     "max_refine_points": "which points are computed, not what a point is",
     "families": "points are keyed by family",
+    "models": "identified by each named model's fingerprint (names key the weights)",
+    "simplex_step": "which points are computed, not what a point is (points are keyed by"
+    " their weights)",
+    "simplex_max": "which points are computed, not what a point is",
     "objectives": "analysis of stored points only",
     "pick": "analysis of stored points only",
     "store": "where results go",
@@ -621,7 +738,7 @@ def load_sweep_config(path: Path | None, overrides: dict[str, Any]) -> SweepConf
     data: dict[str, Any] = load_yaml(path) if path is not None else {}
     data.update({k: v for k, v in overrides.items() if v is not None})
     source = str(path) if path is not None else "command line"
-    for key in ("base", "aligned", "data"):
+    for key in ("data",) if data.get("models") is not None else ("base", "aligned", "data"):
         if key not in data:
             raise ConfigError(f"{source}: '{key}' is required", f"pass --{key} or set it in the YAML")
     return validate(SweepConfig, data, source)

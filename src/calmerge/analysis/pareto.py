@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from calmerge.coords import Coord, Weights, coord_label
 from calmerge.errors import ConfigError
 from calmerge.eval.metrics import GENERATION_SPLIT, METRICS, Metric, diversity_candidates
 
@@ -42,6 +43,13 @@ class Point:
     correct: dict[str, np.ndarray] | None = None
     weights: dict[str, np.ndarray] | None = None
     strata: dict[str, np.ndarray] | None = None
+    #: a simplex sweep's point: each model's weight (`coords.Weights`); None for a λ point
+    mix: Weights | None = None
+
+    @property
+    def coord(self) -> Coord:
+        """Where the point sits: its weights (simplex sweep), else λ."""
+        return self.mix if self.mix is not None else self.lam
 
 
 # ─────────────────────────────────────── objectives ──────────────────────────────────────────
@@ -129,15 +137,17 @@ def pareto_front(points: Sequence[Point], objectives: Sequence[str], split: str)
 
 
 def find_lam(points: Sequence[Point], family: str, lam: float) -> Point | None:
+    """The λ point (family, λ); a simplex point (which has weights, not λ) never matches."""
     for p in points:
-        if p.family == family and abs(p.lam - lam) < 1e-9:
+        if p.family == family and p.mix is None and abs(p.lam - lam) < 1e-9:
             return p
     return None
 
 
 def same_point(a: Point, b: Point) -> bool:
-    """Same sweep point (family and λ): points reloaded from the store are new objects."""
-    return a.family == b.family and abs(a.lam - b.lam) < 1e-9
+    """Same sweep point (family and λ or weights): points reloaded from the store are new
+    objects."""
+    return a.family == b.family and abs(a.lam - b.lam) < 1e-9 and a.mix == b.mix
 
 
 def parents(points: Sequence[Point], family: str = "linear") -> tuple[Point, Point]:
@@ -170,6 +180,7 @@ def recovered_fraction(ece_base: float, ece_aligned: float, ece_lam: float) -> f
 
 
 def point_label(p: Point) -> str:
-    """'λ=0.6' for the linear family, 'slerp λ=0.5' otherwise (how sentences name points)."""
-    lam = f"λ={p.lam:g}"
+    """'λ=0.6' for the linear family, 'slerp λ=0.5' otherwise (how sentences name points); a
+    simplex point by its weights ('base .2 · sft .3 · dpo .5')."""
+    lam = coord_label(p.coord)
     return lam if p.family == "linear" else f"{p.family} {lam}"

@@ -48,7 +48,8 @@ def _need(points: Sequence[Point], name: str, split: str) -> None:
 
 def _tiebreak(p: Point) -> tuple:
     # Deterministic last resort: prefer the linear family, then the smaller λ (closer to base).
-    return (p.family != "linear", p.family, p.lam)
+    # (a simplex point: then its weights, in the models' order)
+    return (p.family != "linear", p.family, p.lam, p.mix or ())
 
 
 @pick_rule("max-acc")
@@ -156,9 +157,90 @@ def _lambda_rule(rule: str) -> tuple[str | None, float] | None:
         raise ConfigError(f"cannot read λ in pick rule '{rule}'", "write e.g. lambda=0.6") from None
 
 
+_WEIGHTS_RULE = re.compile(r"^(?:(?P<family>[A-Za-z_][\w-]*):)?weights=(?P<weights>.+)$")
+
+
+def _weights_rule(rule: str) -> tuple[str | None, list[tuple[str, float]]] | None:
+    """(family or None, [(model, weight), …]) of `weights=base:0.2,sft:0.3,dpo:0.5`; None if
+    the rule is not one (a simplex point, named by its weights)."""
+    m = _WEIGHTS_RULE.match(rule.strip())
+    if m is None:
+        return None
+    out = []
+    for part in m["weights"].split(","):
+        name, sep, value = part.strip().partition(":")
+        try:
+            if not sep or not name.strip():
+                raise ValueError
+            out.append((name.strip(), float(value)))
+        except ValueError:
+            raise ConfigError(
+                f"cannot read '{part.strip()}' in pick rule '{rule}'",
+                "write MODEL:WEIGHT pairs, e.g. weights=base:0.2,sft:0.3,dpo:0.5",
+            ) from None
+    return m["family"], out
+
+
+def _pick_weights(points: Sequence[Point], rule: str) -> Point | None:
+    """`weights=base:0.2,sft:0.3,dpo:0.5` (linear family, else the only one): the finished
+    simplex point with exactly these weights; one line naming what does not fit otherwise."""
+    import math
+
+    from calmerge.coords import weights_label, weights_of
+    from calmerge.merge.families import get_family
+
+    parsed = _weights_rule(rule)
+    if parsed is None:
+        return None
+    named, given = parsed
+    simplex = [p for p in points if p.mix is not None]
+    if not simplex:
+        raise ConfigError(
+            f"pick rule '{rule}' names weights, but this run is a λ sweep",
+            "pick a λ point with lambda=X (or max-acc, min-ece, knee)",
+        )
+    families = sorted({p.family for p in simplex})
+    family = named or ("linear" if "linear" in families else families[0])
+    if named is None and "linear" not in families and len(families) > 1:
+        raise ConfigError(f"pick rule '{rule}' is ambiguous: families {', '.join(families)}",
+                          f"name the family, e.g. {families[0]}:{rule}")
+    mine = [p for p in simplex if p.family == family]
+    if not mine:
+        raise ConfigError(f"no finished point in family '{family}'",
+                          f"families of this run: {', '.join(families)}")
+    models = [n for n, _ in mine[0].mix]
+    names = [n for n, _ in given]
+    for name in names:
+        if name not in models or names.count(name) > 1:
+            why = "is given twice" if name in models else "is not a model of this run"
+            raise ConfigError(f"pick rule '{rule}': '{name}' {why}",
+                              f"the {family} weights are of: {', '.join(models)}")
+    missing = [n for n in models if n not in names]
+    if missing:
+        raise ConfigError(f"pick rule '{rule}' gives no weight for {', '.join(missing)}",
+                          f"give a weight for each of: {', '.join(models)}")
+    if any(not math.isfinite(w) for _, w in given):
+        raise ConfigError(f"pick rule '{rule}': weights must be finite numbers", "e.g. 0.3")
+    total = sum(w for _, w in given)
+    if not get_family(family).task_vectors and abs(total - 1) > 1e-6:
+        raise ConfigError(
+            f"pick rule '{rule}': the weights sum to {total:g}; a {family} point's weights"
+            " sum to 1",
+            "adjust them so they sum to 1 (e.g. base:0.2,sft:0.3,dpo:0.5)",
+        )
+    want = weights_of((n, dict(given)[n]) for n in models)
+    found = next((p for p in mine if p.mix == want), None)
+    if found is None:
+        raise ConfigError(
+            f"no finished {family} point with weights {weights_label(want)}",
+            f"{len(mine)} finished; e.g. {weights_label(mine[0].mix)} (see `calmerge results`)",
+        )
+    return found
+
+
 def _rule_fn(rule: str) -> PickFn:
     if rule not in PICK_RULES:
-        options = [*PICK_RULES, "lambda=<x>"]
+        options = [*PICK_RULES, "lambda=<x>", "weights=<model:w,…>"]
         raise ConfigError(
             f"unknown pick rule '{rule}'",
             did_you_mean(rule, PICK_RULES) or f"choose from {', '.join(options)}",
@@ -170,7 +252,7 @@ def check_rule(rule: str) -> str:
     """The rule if it is a registered pick rule or reads as `[family:]lambda=X`, else one line
     with "did you mean". Public so configs and `analyse` refuse a bad rule before any work
     (whether the λ was computed can only be known from the points)."""
-    if _lambda_rule(rule) is None:
+    if _lambda_rule(rule) is None and _weights_rule(rule) is None:
         _rule_fn(rule)
     return rule
 
@@ -181,6 +263,12 @@ def _pick_lambda(points: Sequence[Point], rule: str) -> Point | None:
     if parsed is None:
         return None
     named, lam = parsed
+    points = [p for p in points if p.mix is None]
+    if not points:
+        raise ConfigError(
+            f"pick rule '{rule}' names λ, but this run sweeps several models",
+            "pick a point by its weights, e.g. weights=base:0.2,sft:0.3,dpo:0.5",
+        )
     families = sorted({p.family for p in points})
     family = named or ("linear" if "linear" in families or not families else families[0])
     if named is None and "linear" not in families and len(families) > 1:
@@ -211,6 +299,9 @@ def pick(
     by_lam = _pick_lambda(points, rule)
     if by_lam is not None:
         return by_lam
+    by_weights = _pick_weights(points, rule)
+    if by_weights is not None:
+        return by_weights
     fn = _rule_fn(rule)
     objs = tuple(objectives) if objectives else default_objectives(points, split)
     check_objectives(objs)

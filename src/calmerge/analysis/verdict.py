@@ -53,19 +53,36 @@ def paired_gain_interval(
     `strata` (the task of each item: every replicate resamples items within each task, so
     each task keeps its size, as the aggregate's own interval does).
     """
-    arrs = [
-        np.asarray(a, dtype=float).ravel() for a in (pick_correct, base_correct, aligned_correct)
-    ]
+    return paired_gain_over(
+        pick_correct, [base_correct, aligned_correct], n_boot=n_boot, seed=seed, level=level,
+        weights=weights, strata=strata,
+    )
+
+
+def paired_gain_over(
+    pick_correct: np.ndarray,
+    rivals: Sequence[np.ndarray],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    weights: np.ndarray | None = None,
+    strata: np.ndarray | None = None,
+) -> Metric:
+    """Accuracy of the pick minus that of the best of `rivals` (the best taken within each
+    resample), with a paired bootstrap interval: `paired_gain_interval` for any number of
+    rivals (every parent of a simplex sweep, the best point of every edge)."""
+    arrs = [np.asarray(a, dtype=float).ravel() for a in (pick_correct, *rivals)]
     n = arrs[0].size
     if any(a.size != n for a in arrs):
         raise ValueError("per-item correctness arrays differ in length; items must be paired")
-    if n == 0:
+    if n == 0 or len(arrs) < 2:
         nan = float("nan")
         return Metric(nan, nan, nan)
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=float).ravel()
-    stacked = np.stack(arrs)  # (3, n)
+    stacked = np.stack(arrs)  # (1 + rivals, n)
     acc = stacked @ w / w.sum()
-    value = acc[0] - max(acc[1], acc[2])
+    value = acc[0] - acc[1:].max()
     if n_boot <= 0:  # no resamples asked for (--n-boot 0): a gain without an interval
         return Metric(float(value), float("nan"), float("nan"))
     rng = np.random.default_rng(seed)
@@ -78,8 +95,8 @@ def paired_gain_interval(
         k = min(chunk, n_boot - start)
         idx = np.concatenate([g[rng.integers(0, g.size, size=(k, g.size))] for g in groups], axis=1)
         ww = w[idx]  # (k, n)
-        acc = (stacked[:, idx] * ww).sum(axis=2) / ww.sum(axis=1)  # (3, k)
-        gains[start : start + k] = acc[0] - np.maximum(acc[1], acc[2])
+        acc = (stacked[:, idx] * ww).sum(axis=2) / ww.sum(axis=1)  # (1 + rivals, k)
+        gains[start : start + k] = acc[0] - acc[1:].max(axis=0)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(gains, [alpha, 1.0 - alpha])
     return Metric(float(value), float(lo), float(hi))

@@ -280,11 +280,17 @@ def run_inputs(cfg: Any) -> list[tuple[str, str | None]]:
     data = [("test data", t.data) for t in cfg.tasks()] + [
         ("dev data", t.dev) for t in cfg.tasks()
     ]
-    return [
-        *model_inputs("base model", cfg.base),
-        *model_inputs("aligned model", cfg.aligned, cfg.base),
-        *data, ("prompts file", cfg.prompts),
-    ]
+    if getattr(cfg, "models", None):  # a sweep over several models reads every one
+        models = [
+            item for i, m in enumerate(cfg.models)
+            for item in model_inputs(f"model '{m.name}'", m.path, None if i == 0 else cfg.base)
+        ]
+    else:
+        models = [
+            *model_inputs("base model", cfg.base),
+            *model_inputs("aligned model", cfg.aligned, cfg.base),
+        ]
+    return [*models, *data, ("prompts file", cfg.prompts)]
 
 
 def eval_output_paths(

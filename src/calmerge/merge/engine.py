@@ -10,18 +10,19 @@ card.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from calmerge.config import MergeConfig
+from calmerge.coords import Weights
 from calmerge.dtypes import dtype_name, merge_tag, resolve_device
 from calmerge.errors import OutputError
 from calmerge.io import export, outputs
 from calmerge.io.models import open_tokenizer_source
-from calmerge.merge.families import family_settings
-from calmerge.merge.mergekit_compat import load_merge_config
+from calmerge.merge.families import family_settings, simplex_settings
+from calmerge.merge.mergekit_compat import MERGEKIT_FILE, load_merge_config, to_mergekit
 from calmerge.merge.plan import MergePlan, _same_model, input_refs, plan_merge
 from calmerge.merge.stream import execute
 
@@ -105,6 +106,13 @@ def run_merge(
         export.copy_tokenizer(tmp, tok, ref)
         card = export.model_card(recipe(plan), base=config.base, extra=model_card_extra)
         (tmp / "README.md").write_text(card)
+        import yaml
+
+        written = config.model_copy(update={"out_dtype": dtype_name(plan.out_tag)})
+        (tmp / MERGEKIT_FILE).write_text(
+            "# the recipe in mergekit's schema: `mergekit-yaml " + MERGEKIT_FILE + " OUT`\n"
+            + yaml.safe_dump(to_mergekit(written), sort_keys=False)
+        )
         for rel, data in (extra_files or {}).items():  # e.g. figures the model card shows
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
@@ -149,6 +157,43 @@ def pair_config(
         compute_dtype=dtype_name(cd) if cd else None,
         out_dtype=dtype_name(od) if od else None,
     )
+
+
+def simplex_config(
+    paths: Sequence[str | Path],
+    weights: Weights,
+    *,
+    method: str = "linear",
+    compute_dtype: str | torch.dtype | None = "float32",
+    out_dtype: str | torch.dtype | None = None,
+) -> MergeConfig:
+    """The merge of family `method` at a simplex point over N models (`paths` in the weights'
+    order, the first the base), as a validated MergeConfig: what a simplex sweep's live model
+    holds at that point and what `calmerge export` writes for it."""
+    cd, od = merge_tag(compute_dtype), merge_tag(out_dtype)
+    return MergeConfig(
+        **simplex_settings(method, paths[0], list(paths), weights),
+        compute_dtype=dtype_name(cd) if cd else None,
+        out_dtype=dtype_name(od) if od else None,
+    )
+
+
+def merge_simplex(
+    paths: Sequence[str | Path],
+    weights: Weights,
+    out: str | Path,
+    *,
+    method: str = "linear",
+    compute_dtype: str | torch.dtype | None = "float32",
+    out_dtype: str | torch.dtype | None = None,
+    **write: Any,
+) -> Path:
+    """The merge of family `method` at a simplex point written to `out` (`write`: `run_merge`'s
+    output options: force, max_shard_size, model_card_extra, extra_files, …); returns the path."""
+    config = simplex_config(
+        paths, weights, method=method, compute_dtype=compute_dtype, out_dtype=out_dtype
+    )
+    return run_merge(config, out, **{"quiet": True, **write}).path
 
 
 def merge_pair(

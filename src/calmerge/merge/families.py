@@ -20,11 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calmerge.coords import Weights
 from calmerge.errors import ConfigError
 from calmerge.registry import Registry
 
 #: builder(base, aligned, λ, density) -> (models, method parameters) of the MergeConfig
 Builder = Callable[[str, str, float, float], tuple[list[dict[str, Any]], dict[str, Any]]]
+#: simplex builder(paths, weights) -> (models, method parameters): the merge of N ≥ 3 models
+#: at one weight vector (`coords.Weights`; the paths in the weights' order)
+SimplexBuilder = Callable[[list[str], "Weights"], tuple[list[dict[str, Any]], dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,11 @@ class Family:
     uses_density: bool = False
     uses_seed: bool = False
     doc: str = ""
+    #: how the family merges N ≥ 3 models at a weight vector (None: not a simplex family).
+    #: `task_vectors`: the first model is the origin and the weights are the others'
+    #: coefficients (λ_i ≥ 0, Σ free); otherwise every model has a weight and they sum to 1
+    simplex: SimplexBuilder | None = None
+    task_vectors: bool = False
 
 
 FAMILIES: Registry[Family] = Registry("merge family")
@@ -59,7 +68,25 @@ def family(name: str, method: str | None = None, **spec: Any) -> Callable[[Build
     return deco
 
 
-@family("linear", extrapolates=True)
+def _simplex_linear(paths: list[str], weights: Weights):
+    """Σ w_i θ_i over every model, Σ w_i = 1 (mergekit's linear, normalised as it is by
+    default, so a vector that sums to 1 is used as given)."""
+    return [
+        {"model": path, "parameters": {"weight": w}}
+        for path, (_, w) in zip(paths, weights, strict=True)
+    ], {}
+
+
+def _simplex_task_arithmetic(paths: list[str], weights: Weights):
+    """θ_base + Σ λ_i (θ_i − θ_base): every non-base model a task vector with weight λ_i
+    (the Personalized-Soups mix); the base is the config's `base`, the first path."""
+    return [
+        {"model": path, "parameters": {"weight": w}}
+        for path, (_, w) in zip(paths[1:], weights, strict=True)
+    ], {}
+
+
+@family("linear", extrapolates=True, simplex=_simplex_linear)
 def _linear(base: str, aligned: str, lam: float, density: float):
     """θ_base + λ·(θ_aligned − θ_base): mergekit's linear with weights (1−λ, λ), any real λ."""
     return [
@@ -83,7 +110,16 @@ def _task_vector(base: str, aligned: str, lam: float, density: float):
 for _name, _seeded in (
     ("task_arithmetic", False), ("ties", False), ("dare_ties", True), ("dare_linear", True)
 ):
-    family(_name, uses_density=True, uses_seed=_seeded)(_task_vector)
+    # TIES/DARE prune and renormalise task vectors per tensor, so a weight vector over several
+    # models has no single meaning to sweep; task arithmetic is the plain soup
+    _soup = {"simplex": _simplex_task_arithmetic, "task_vectors": True}
+    family(_name, uses_density=True, uses_seed=_seeded,
+           **(_soup if _name == "task_arithmetic" else {}))(_task_vector)
+
+
+def simplex_families() -> list[str]:
+    """The families a simplex sweep can run (those with a simplex form)."""
+    return [n for n in FAMILIES.names() if FAMILIES.get(n).simplex is not None]
 
 
 def get_family(name: str) -> Family:
@@ -116,3 +152,22 @@ def family_settings(
         "models": models,
         "parameters": params,
     }
+
+
+def simplex_settings(
+    name: str, base: str | Path, paths: list[str | Path], weights: Weights
+) -> dict[str, Any]:
+    """The MergeConfig fields of family `name` at a simplex point over `paths` (in the
+    weights' order; `base` is the first, the origin of task-vector families)."""
+    fam = get_family(name)
+    if fam.simplex is None:
+        raise ConfigError(
+            f"family '{name}' has no simplex form",
+            f"a sweep over several models runs one of: {', '.join(simplex_families())}",
+        )
+    for model, w in weights:
+        if isinstance(w, bool) or not isinstance(w, int | float) or not math.isfinite(w):
+            raise ConfigError(f"weight '{w}' of {model} is not a finite number", "use e.g. 0.3")
+    models, params = fam.simplex([str(p) for p in paths], weights)
+    return {"method": fam.method, "base": str(base), "seed": 0, "models": models,
+            "parameters": params}

@@ -79,3 +79,30 @@ def from_mergekit(data: dict[str, Any], source: str) -> MergeConfig:
         "tokenizer_source": tok,
     }
     return validate(MergeConfig, converted, source)
+
+
+#: the file a merge writes its recipe to in mergekit's schema (the name mergekit itself uses)
+MERGEKIT_FILE = "mergekit_config.yml"
+
+
+def to_mergekit(config: MergeConfig) -> dict[str, Any]:
+    """Our MergeConfig in mergekit's schema — what `from_mergekit` reads back to the same
+    config, and what `mergekit-yaml` runs to reproduce the merge (same method names and
+    parameters; `dtype` is the compute dtype, as in mergekit). The randomized methods (DARE)
+    draw their masks from calmerge's seeded generator, which mergekit does not reproduce."""
+    out: dict[str, Any] = {"merge_method": config.method}
+    if config.base:
+        out["base_model"] = config.base
+    out["models"] = [
+        {"model": m.model, **({"parameters": dict(m.parameters)} if m.parameters else {})}
+        for m in config.models
+    ]
+    if config.parameters:
+        out["parameters"] = dict(config.parameters)
+    if config.compute_dtype:
+        out["dtype"] = config.compute_dtype
+    if config.out_dtype:
+        out["out_dtype"] = config.out_dtype
+    if config.tokenizer_source:
+        out["tokenizer_source"] = config.tokenizer_source
+    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from calmerge.analysis.pareto import Point
 from calmerge.analysis.verdict import Verdict
@@ -30,13 +31,29 @@ def card_metrics(
 ) -> str:
     """Markdown: how the point was picked, the verdict's sentences, every metric per split (in
     the metric registry's order, by label and name)."""
+    head = (f"Picked `{point.family}` λ={point.lam:g} by rule `{rule}` from sweep run {run_id}"
+            f" ({md_text(run_name)}).")
+    return _card(point, head, verdict_sentences(verdict), figures)
+
+
+def simplex_card(point: Point, verdict: Any, *, run_id: int, run_name: str) -> str:
+    """The measured section of an exported simplex point (`analysis.simplex.SimplexVerdict`):
+    its weights, how it was picked, the verdict's sentences, every metric per split."""
+    from calmerge.analysis.pareto import point_label
+    from calmerge.report.sentences import simplex_sentences
+
+    head = (f"Simplex point `{point.family}` {md_text(point_label(point))} (rule"
+            f" `{verdict.rule}`) from sweep run {run_id} ({md_text(run_name)}).")
+    return _card(point, head, simplex_sentences(verdict), ())
+
+
+def _card(point: Point, head: str, sentences: Sequence[str], figures: Sequence[str]) -> str:
     lines = [
         "## Measured by calmerge",
         "",
-        f"Picked `{point.family}` λ={point.lam:g} by rule `{rule}` from sweep run {run_id}"
-        f" ({md_text(run_name)}).",
+        head,
         "",
-        *[f"- {md_text(s)}" for s in verdict_sentences(verdict)],
+        *[f"- {md_text(s)}" for s in sentences],
         "",
         "| split | metric | value | 95% interval |",
         "|---|---|---|---|",

@@ -48,6 +48,17 @@ class ReportContent:
     #: sentence per task's own verdict
     tasks: list[Table] = field(default_factory=list)
     task_sentences: list[str] = field(default_factory=list)
+    #: captions of figures the λ report does not draw (a simplex report's), by figure key
+    captions: dict[str, str] = field(default_factory=dict)
+    legend: str = (
+        "Green row: the pick; bold: the parents (λ=0 base, λ=1 aligned); blue: on the Pareto"
+        " frontier. Brackets are 95% bootstrap intervals."
+    )
+
+    def caption(self, key: str) -> str:
+        from calmerge.report.figures import CAPTIONS
+
+        return self.captions.get(key) or CAPTIONS.get(key, key)
 
 
 def format_metric(name: str, m: Metric | None) -> str:

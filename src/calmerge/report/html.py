@@ -22,7 +22,7 @@ from calmerge.errors import OutputError
 from calmerge.eval.metrics import Metric
 from calmerge.io.atomic import atomic_write_text
 from calmerge.report.content import ReportContent, Table, build_content
-from calmerge.report.figures import CAPTIONS, make_figures
+from calmerge.report.figures import make_figures
 from calmerge.report.markdown import render_markdown
 
 #: figures shown across the full width (several panels side by side)
@@ -51,7 +51,7 @@ def render_html(content: ReportContent, figures: dict[str, Path]) -> str:
     """The report page; every figure is read and embedded as a base64 data URI."""
     figs = [
         {
-            "caption": CAPTIONS.get(key, key),
+            "caption": content.caption(key),
             "data": base64.b64encode(path.read_bytes()).decode("ascii"),
             "wide": key in WIDE,
         }

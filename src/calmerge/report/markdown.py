@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 
 from calmerge.report.content import ReportContent, Table
-from calmerge.report.figures import CAPTIONS
 
 
 def md_text(text: str) -> str:
@@ -51,7 +50,7 @@ def render_markdown(content: ReportContent, figures: dict[str, str]) -> str:
     if figures:
         lines += ["## Figures", ""]
         for key, rel in figures.items():
-            caption = CAPTIONS.get(key, key)
+            caption = content.caption(key)
             lines += [f"![{md_text(caption)}]({rel})", "", f"*{md_text(caption)}*", ""]
     if content.tasks:
         lines += ["## Per task", ""]

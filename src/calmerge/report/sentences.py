@@ -159,3 +159,72 @@ def generation_settings(cfg: Any) -> str:
         f" {cfg.top_p:g} · at most {cfg.max_new_tokens} new tokens · stop at token ids {stops}"
         f" · seed {cfg.seed}"
     )
+
+
+def simplex_sentences(v: Any) -> list[str]:
+    """A simplex sweep's verdict (`analysis.simplex.SimplexVerdict`) in sentences: superior to
+    every parent or not, better than every edge's best λ or not, calibration, how chosen."""
+    rs, gain, parent = v.report_split, v.gain, v.pick_is_parent
+    label = point_label(v.pick) if parent is None else f"{parent} ({point_label(v.pick)})"
+
+    def ci(m: Any) -> str:
+        if math.isnan(m.lo):
+            return "no per-item results, so no interval"
+        return f"95% CI {_pts(m.lo)} to {_pts(m.hi)}"
+
+    parents = ", ".join(f"{s.name} {_pct(s.acc)}" for s in v.parents)
+    out: list[str] = []
+    if v.is_superior:
+        out.append(
+            f"{label} is Pareto-superior to all {len(v.parents)} parents on {rs}:"
+            f" {_pts(gain.value)} points over the best ({v.best_parent}; {ci(gain)})."
+        )
+    elif parent is not None:
+        out.append(
+            f"No point is Pareto-superior on {rs}: the pick ({v.rule} on {v.select_split}) is"
+            f" the {parent} model itself."
+        )
+    else:
+        out.append(
+            f"No point is Pareto-superior on {rs}: {label} ({v.rule} on {v.select_split}) is"
+            f" {_pts(gain.value)} points against the best parent ({v.best_parent}) and the"
+            f" {ci(gain)} does not exclude zero."
+        )
+    out.append(
+        f"Accuracy on {rs}: {parents}; {label} {_pct(v.acc)}"
+        + ("" if math.isnan(v.ece) else f" (ECE {v.ece:.3f})") + "."
+    )
+    if v.best_edge is not None:
+        edge = v.best_edge
+        where = (
+            "an interior point (it mixes more models than any edge)" if v.interior
+            else "on an edge itself, so the simplex's interior bought nothing over a scalar λ"
+        )
+        verdict = (
+            f"better than every edge's best point ({_pts(v.edge_gain.value)} points over"
+            f" {point_label(edge.point)} on {edge.name}; {ci(v.edge_gain)})"
+            if v.beats_edges else
+            f"not shown better than the best edge point ({point_label(edge.point)} on"
+            f" {edge.name}, {_pct(edge.acc)}: {_pts(v.edge_gain.value)} points, {ci(v.edge_gain)})"
+        ) if v.interior else f"the best edge point is {point_label(edge.point)} on {edge.name}"
+        out.append(f"The pick is {where}; it is {verdict}." if v.interior
+                   else f"The pick is {where}; {verdict}.")
+    if v.recovered is not None:
+        first, last = v.parents[0], v.parents[-1]
+        out.append(
+            f"It recovers {100 * v.recovered:.0f}% of the ECE rise from {first.name}"
+            f" ({first.ece:.3f}) to {last.name} ({last.ece:.3f})."
+        )
+    if v.chosen_on_report_split:
+        out.append(
+            f"There is no separate dev split, so {label} was chosen on {rs}, the same data it is"
+            " reported on: these numbers are optimistic (selection bias)."
+        )
+    else:
+        how = (f"by rule '{v.rule}'" if v.rule == v.edge_rule
+               else f"by rule '{v.rule}', every edge's best point by '{v.edge_rule}',")
+        out.append(
+            f"{label} and every edge's best point were chosen {how} on {v.select_split}; all"
+            f" numbers are on {rs}."
+        )
+    return out

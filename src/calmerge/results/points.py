@@ -7,7 +7,7 @@ points without running a sweep (or loading a model). The analysis modules stay p
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +70,7 @@ def load_points(
             Point(
                 family=rec.family,
                 lam=rec.lam,
+                mix=rec.weights,
                 metrics=metrics,
                 reliability=reliability,
                 correct=correct if with_correct else None,
@@ -133,16 +134,18 @@ def _split_predictions(store: ResultStore, point_id: int, split: str) -> list[Pr
     ]
 
 
-def check_models_unchanged(rec: RunRecord, base: Checkpoint, aligned: Checkpoint) -> None:
+def check_models_unchanged(
+    rec: RunRecord, *models: Checkpoint, names: Sequence[str] = ("base", "aligned")
+) -> None:
     """Refuse to act on a run whose parents are no longer the models it measured (re-trained,
-    re-downloaded, replaced): its numbers would describe weights that are not the ones written."""
-    now = {"base": base.fingerprint(), "aligned": aligned.fingerprint()}
-    for role, fingerprint in now.items():
+    re-downloaded, replaced): its numbers would describe weights that are not the ones written.
+    `names`: the fingerprints' keys, in the order of `models` (a simplex sweep's model names)."""
+    for role, ckpt in zip(names, models, strict=True):
+        fingerprint = ckpt.fingerprint()
         then = rec.fingerprints.get(role)
         if then is not None and then != fingerprint:
-            path = base.path if role == "base" else aligned.path
             raise StoreError(
-                f"{path}: the {role} model changed since run {rec.id} measured it"
+                f"{ckpt.path}: the {role} model changed since run {rec.id} measured it"
                 f" (fingerprint {then[:12]} then, {fingerprint[:12]} now)",
                 "re-run the sweep on the current models (a new run), or restore the old ones",
             )

@@ -22,10 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from calmerge.coords import Coord, Weights, parse_weights_text, round_lam, weights_text
 from calmerge.errors import StoreError
 from calmerge.io.outputs import pid_alive
 
-SCHEMA_VERSION = 1
+#: 2: points carry a `weights` column (a simplex sweep's weight vector; '' for a λ point) and
+#: are unique by (run, family, λ, weights); a version-1 store is migrated on first open
+SCHEMA_VERSION = 2
+#: versions this code opens (older ones are migrated on open)
+READABLE_VERSIONS = ("1", str(SCHEMA_VERSION))
 
 #: `PRAGMA application_id` of every calmerge store: 0x43414C4D, the bytes "CALM" (big-endian
 #: at offset 68 of the file, as `file(1)` reads it). Stores written before it carry 0 and are
@@ -51,7 +56,8 @@ CREATE TABLE IF NOT EXISTS points (
     worker TEXT,
     heartbeat REAL,
     seconds REAL,
-    UNIQUE (run_id, family, lam)
+    weights TEXT NOT NULL DEFAULT '',
+    UNIQUE (run_id, family, lam, weights)
 );
 CREATE TABLE IF NOT EXISTS metrics (
     point_id INTEGER NOT NULL REFERENCES points(id),
@@ -114,9 +120,12 @@ _ADDED_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 STALE_SECONDS = 600.0
 
 
-def round_lam(lam: float) -> float:
-    """λ as stored: rounded so 0.1+0.2 and 0.3 are the same point."""
-    return round(float(lam), 6)
+def point_key(coord: Coord) -> tuple[float, str]:
+    """(lam, weights) columns of a point: λ and '' for a pair point, 0 and the weights' text
+    for a simplex point."""
+    if isinstance(coord, tuple):
+        return 0.0, weights_text(coord)
+    return round_lam(coord), ""
 
 
 def worker_id() -> str:
@@ -154,6 +163,12 @@ class PointRecord:
     lam: float
     status: str
     seconds: float | None
+    #: a simplex sweep's point; None for a λ point
+    weights: Weights | None = None
+
+    @property
+    def coord(self) -> Coord:
+        return self.weights if self.weights is not None else self.lam
 
 
 @dataclass(frozen=True)
@@ -199,10 +214,11 @@ class ResultStore:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute("PRAGMA foreign_keys=ON")
+            self._migrate_points()
             self._conn.executescript(_SCHEMA)
             self._add_columns()
             self._conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
             )
             if fresh or app_id != APPLICATION_ID:
@@ -213,6 +229,33 @@ class ResultStore:
             raise StoreError(
                 f"{self.path}: not a calmerge results store ({exc})", "choose another --store path"
             ) from None
+
+    def _migrate_points(self) -> None:
+        """Version 1 → 2: rebuild `points` with the `weights` column and the wider unique key.
+
+        SQLite cannot change a table's UNIQUE constraint in place, so the table is rebuilt the
+        way its documentation prescribes (new table, copy, drop, rename) in one transaction,
+        with foreign keys off so the rows of `metrics`/`predictions` keep pointing at the same
+        point ids. A killed migration rolls back and is simply run again on the next open.
+        """
+        have = {r[1] for r in self._conn.execute("PRAGMA table_info(points)")}
+        if not have or "weights" in have:
+            return
+        table = re.search(r"CREATE TABLE IF NOT EXISTS points \((.*?)\n\);", _SCHEMA, re.S)
+        assert table is not None  # the schema above defines it
+        self._conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with self._tx() as c:
+                c.execute(f"CREATE TABLE points_v2 ({table.group(1)}\n)")
+                c.execute(
+                    "INSERT INTO points_v2(id, run_id, family, lam, status, worker, heartbeat,"
+                    " seconds, weights) SELECT id, run_id, family, lam, status, worker,"
+                    " heartbeat, seconds, '' FROM points"
+                )
+                c.execute("DROP TABLE points")
+                c.execute("ALTER TABLE points_v2 RENAME TO points")
+        finally:
+            self._conn.execute("PRAGMA foreign_keys=ON")
 
     def _add_columns(self) -> None:
         for table, columns in _ADDED_COLUMNS.items():
@@ -356,34 +399,42 @@ class ResultStore:
         return dict(rows.fetchall())
 
     # ── points ──
-    def add_points(self, run_id: int, family: str, lams: Sequence[float]) -> None:
+    def add_points(self, run_id: int, family: str, coords: Sequence[Coord]) -> None:
+        """Add points (λ values, or a simplex sweep's weights) as pending; known ones are kept."""
         with self._tx() as c:
             c.executemany(
-                "INSERT OR IGNORE INTO points(run_id, family, lam, status) VALUES (?, ?, ?, 'pending')",
-                [(run_id, family, round_lam(x)) for x in lams],
+                "INSERT OR IGNORE INTO points(run_id, family, lam, weights, status)"
+                " VALUES (?, ?, ?, ?, 'pending')",
+                [(run_id, family, *point_key(x)) for x in coords],
             )
 
     def points(self, run_id: int, *, status: str | None = None) -> list[PointRecord]:
-        sql = "SELECT id, run_id, family, lam, status, seconds FROM points WHERE run_id = ?"
+        sql = (
+            "SELECT id, run_id, family, lam, status, seconds, weights FROM points"
+            " WHERE run_id = ?"
+        )
         args: list[Any] = [run_id]
         if status:
             sql += " AND status = ?"
             args.append(status)
-        rows = self._conn.execute(sql + " ORDER BY family, lam", args).fetchall()
-        return [PointRecord(*r) for r in rows]
+        rows = self._conn.execute(sql + " ORDER BY family, lam, id", args).fetchall()
+        return [PointRecord(*r[:6], parse_weights_text(r[6])) for r in rows]
 
-    def claim(self, run_id: int, family: str, lam: float, worker: str | None = None) -> int | None:
+    def claim(self, run_id: int, family: str, coord: Coord, worker: str | None = None) -> int | None:
         """Mark a point as ours to compute; None if done or held by a live process."""
+        from calmerge.coords import coord_label
+
         worker = worker or worker_id()
         with self._tx() as c:
             row = c.execute(
                 "SELECT id, status, worker, heartbeat FROM points"
-                " WHERE run_id = ? AND family = ? AND lam = ?",
-                (run_id, family, round_lam(lam)),
+                " WHERE run_id = ? AND family = ? AND lam = ? AND weights = ?",
+                (run_id, family, *point_key(coord)),
             ).fetchone()
             if row is None:
                 raise StoreError(
-                    f"point {family} λ={lam} is not part of run {run_id}", "add it with add_points first"
+                    f"point {family} {coord_label(coord)} is not part of run {run_id}",
+                    "add it with add_points first",
                 )
             pid, status, holder, beat = row
             if status == "done":
@@ -596,7 +647,7 @@ def _inspect(path: Path) -> int:
             f" {', '.join(sorted(tables)[:3])}), not a calmerge results store",
             hint,
         )
-    if version is not None and version != str(SCHEMA_VERSION):
+    if version is not None and version not in READABLE_VERSIONS:
         raise StoreError(
             f"{path}: results store schema version {version}; this calmerge reads version"
             f" {SCHEMA_VERSION}",

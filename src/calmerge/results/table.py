@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from calmerge.errors import ConfigError
-from calmerge.results.store import ResultStore, RunRecord
+from calmerge.results.store import PointRecord, ResultStore, RunRecord
 from calmerge.splits import parse_split
 
 FORMATS = ("csv", "json")
@@ -54,7 +54,7 @@ def point_rows(db: ResultStore, rec: RunRecord) -> list[dict[str, Any]]:
         by_task: dict[str | None, dict[str, Any]] = {}
         for key, ms in sorted(db.metrics(pt.id).items()):
             split, task = parse_split(key)
-            row = by_task.setdefault(task, {"run": rec.id, "family": pt.family, "lam": pt.lam})
+            row = by_task.setdefault(task, {"run": rec.id, "family": pt.family, **_where(pt)})
             for name, (v, lo, hi) in sorted(ms.items()):
                 row[f"{split}.{name}"] = v
                 row[f"{split}.{name}_lo"] = lo
@@ -64,11 +64,16 @@ def point_rows(db: ResultStore, rec: RunRecord) -> list[dict[str, Any]]:
             continue
         for task in sorted(by_task, key=lambda t: (t is None, t or "")):
             row = by_task[task]
-            rows.append({
-                "run": row.pop("run"), "family": row.pop("family"), "lam": row.pop("lam"),
-                "task": AGGREGATE_TASK if task is None else task, **row,
-            })
+            head = {k: row.pop(k) for k in ["run", "family", *_where(pt)]}
+            rows.append({**head, "task": AGGREGATE_TASK if task is None else task, **row})
     return rows
+
+
+def _where(pt: PointRecord) -> dict[str, float]:
+    """Where a point sits: `lam`, or a simplex point's `w.<model>` weight columns."""
+    if pt.weights is None:
+        return {"lam": pt.lam}
+    return {f"w.{name}": w for name, w in pt.weights}
 
 
 def check_format(fmt: str) -> str:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from calmerge.coords import Coord, coord_label
 from calmerge.errors import CalmergeError, ConfigError
 
 #: attempts per point before the sweep gives up (each lost to a dead worker)
@@ -116,7 +117,7 @@ class PointWorker:
     def ready(self) -> tuple[str, int, str | None]:
         return self.node, os.getpid(), self.error
 
-    def evaluate(self, family: str, lam: float) -> dict[str, Any]:
+    def evaluate(self, family: str, lam: Coord) -> dict[str, Any]:
         start = time.perf_counter()
         metrics, preds, gens = self.sweep.evaluate_point(family, lam)
         return {"metrics": metrics, "predictions": preds, "generations": gens,
@@ -136,7 +137,7 @@ class WorkerStats:
 @dataclass
 class Job:
     family: str
-    lam: float
+    lam: Coord  # λ, or a simplex sweep's weights
     point_id: int
     attempts: int = 0
 
@@ -216,7 +217,7 @@ class WorkerPool:
                         self.stats[worker].lost += 1
                         if job.attempts >= MAX_ATTEMPTS:
                             raise RuntimeError(
-                                f"point {job.family} λ={job.lam:g} lost its worker"
+                                f"point {job.family} {coord_label(job.lam)} lost its worker"
                                 f" {job.attempts} times; giving up") from None
                         queue.appendleft(job)
                     pending[self.actors[worker].ready.remote()] = ("ready", worker, None)

@@ -22,18 +22,23 @@ parameter is paired with its tensor by running that same conversion on the check
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from calmerge.dtypes import dtype_name
 from calmerge.errors import CheckpointError
 from calmerge.io.checkpoint import Checkpoint
-from calmerge.merge.engine import pair_config
+from calmerge.merge.engine import pair_config, simplex_config
 from calmerge.merge.plan import plan_merge
 from calmerge.merge.stream import merge_one
 from calmerge.sweep.offload import OffloadScratch, offloaded_loaders
 from calmerge.sweep.parents import ParentSource, choose_placement
+
+if TYPE_CHECKING:
+    from calmerge.config import MergeConfig
+    from calmerge.coords import Weights
 
 
 class LiveInterpolator:
@@ -63,10 +68,13 @@ class LiveInterpolator:
         compute_dtype: str = "float32",
         parents: str = "auto",
         free: dict[str, int] | None = None,
+        others: Sequence[Checkpoint] = (),
     ) -> None:
         self.model = model
         self.base = base
         self.aligned = aligned
+        #: every checkpoint a point may mix: the pair, then a simplex sweep's other models
+        self.held = [base, aligned, *others]
         self.density = density
         self.seed = seed
         self.compute_dtype = compute_dtype
@@ -85,11 +93,11 @@ class LiveInterpolator:
         order = [(name, self._device(param)) for name, param in self._params]
         need: dict[str, int] = {}
         for name, device in order:
-            need[device] = need.get(device, 0) + base.nbytes(name) + aligned.nbytes(name)
+            need[device] = need.get(device, 0) + sum(c.nbytes(name) for c in self.held)
         self.placement = choose_placement(
             parents, need, offloaded=self._scratch is not None, free=free
         )
-        self._source = ParentSource([base, aligned], order, self.placement)
+        self._source = ParentSource(self.held, order, self.placement)
 
     @staticmethod
     def _device(param: torch.nn.Parameter) -> str:
@@ -128,16 +136,29 @@ class LiveInterpolator:
             pairs.append((found, params[key]))
         return pairs
 
-    @torch.no_grad()
     def apply(self, family: str, lam: float) -> None:
         """Set every parameter to the weights `calmerge merge` writes for (family, λ)."""
-        config = pair_config(
+        self.apply_config(pair_config(
             self.base.path, self.aligned.path, lam, method=family, density=self.density,
             seed=self.seed, compute_dtype=self.compute_dtype, out_dtype=self._out_dtype,
-        )
-        plan = plan_merge(config, opened=[self.base, self.aligned])
+        ))
+
+    def apply_weights(self, family: str, paths: Sequence[str], weights: Weights) -> None:
+        """Set every parameter to the weights `calmerge merge` writes for a simplex point
+        (`paths`: the models in the weights' order, all among the held checkpoints)."""
+        self.apply_config(simplex_config(
+            paths, weights, method=family, compute_dtype=self.compute_dtype,
+            out_dtype=self._out_dtype,
+        ))
+
+    @torch.no_grad()
+    def apply_config(self, config: MergeConfig) -> None:
+        """Set every parameter to what `calmerge merge` writes for `config` (whose models are
+        all among the held checkpoints): planned against the live dtype, merged per tensor by
+        the engine's own function."""
+        plan = plan_merge(config, opened=self.held)
         jobs = {job.spec.name: job for job in plan.jobs}
-        held = [self.base, self.aligned]
+        held = self.held
         indices = [next(i for i, c in enumerate(held) if c is ckpt) for ckpt in plan.inputs]
         stream = self._source.tensors(indices)
         # the source serves the parameters in this same order (it was built from it)

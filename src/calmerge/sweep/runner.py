@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from calmerge.config import SweepConfig
+from calmerge.coords import Coord, coord_label
 from calmerge.errors import StoreError
 from calmerge.eval.metrics import Metric
 from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
@@ -73,8 +74,8 @@ def refine_lambdas(
 class SweepOutcome:
     run: RunRecord
     store_path: Path
-    computed: list[tuple[str, float]] = field(default_factory=list)
-    skipped: list[tuple[str, float]] = field(default_factory=list)
+    computed: list[tuple[str, Coord]] = field(default_factory=list)
+    skipped: list[tuple[str, Coord]] = field(default_factory=list)
     #: where the parents lived (`Placement.describe`), None when no point needed the model
     placement: str | None = None
     #: with --ray: what each worker did (`distributed.WorkerStats`), by worker index
@@ -97,11 +98,12 @@ def check_output_dir(out: Path) -> None:
         raise OutputError(f"{out}: not writable", "choose a directory you can write to (--out)")
 
 
-def shared_stop_ids(base: Any, aligned: Any) -> tuple[int, ...]:
-    """The union of both parents' end-of-sequence ids, the aligned model's first."""
+def shared_stop_ids(*models: Any) -> tuple[int, ...]:
+    """The union of every parent's end-of-sequence ids, in the order given (the loaded model's
+    first)."""
     from calmerge.eval.generate import stop_token_ids
 
-    ids = stop_token_ids(aligned.path, aligned.config) + stop_token_ids(base.path, base.config)
+    ids = [i for m in models for i in stop_token_ids(m.path, m.config)]
     return tuple(dict.fromkeys(ids))
 
 
@@ -147,12 +149,25 @@ class Sweep:
         self.base = open_checkpoint(
             cfg.base, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code
         )
-        self.aligned = open_checkpoint(
-            cfg.aligned, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
-            base=cfg.base,
-        )
-        self.pair = validate_pair(self.base, self.aligned)
-        for ckpt in (self.base, self.aligned):
+        #: a simplex sweep's models by name (its first is `base`, its last `aligned`)
+        self.named: dict[str, Any] = {}
+        if cfg.simplex:
+            self.named[cfg.models[0].name] = self.base
+            for m in cfg.models[1:]:
+                self.named[m.name] = open_checkpoint(
+                    m.path, allow_pickle=cfg.allow_pickle,
+                    trust_remote_code=cfg.trust_remote_code, base=cfg.base,
+                )
+            self.aligned = self.named[cfg.models[-1].name]
+            for m in list(self.named.values())[1:]:  # every model shares the base's layout
+                self.pair = validate_pair(self.base, m)
+        else:
+            self.aligned = open_checkpoint(
+                cfg.aligned, allow_pickle=cfg.allow_pickle,
+                trust_remote_code=cfg.trust_remote_code, base=cfg.base,
+            )
+            self.pair = validate_pair(self.base, self.aligned)
+        for ckpt in self.parents:
             scan_finite(ckpt)
         if cfg.dtype == "auto":
             # resolved before the run's identity: the dtype scored in is what identifies it (a
@@ -163,7 +178,8 @@ class Sweep:
             self.cfg = cfg
         if cfg.prompts and cfg.stop_token_ids is None:
             # one generation config for every λ: stop at either parent's end-of-sequence ids
-            cfg = cfg.model_copy(update={"stop_token_ids": shared_stop_ids(self.base, self.aligned)})
+            ids = shared_stop_ids(self.aligned, *[c for c in self.parents if c is not self.aligned])
+            cfg = cfg.model_copy(update={"stop_token_ids": ids})
             self.cfg = cfg
         self.tasks = load_tasks(cfg)
         self.prompts = load_prompts(cfg.prompts) if cfg.prompts else []
@@ -190,10 +206,16 @@ class Sweep:
                 )
         if cfg.prompts:
             digests["prompts"] = file_digest(cfg.prompts)
-        fingerprints = {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
+        fingerprints = (
+            {name: c.fingerprint() for name, c in self.named.items()} if cfg.simplex
+            else {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
+        )
         identity = plan_identity(cfg, fingerprints, digests)
         self.store = store or ResultStore(cfg.store)
-        name = cfg.name or f"{Path(str(cfg.aligned)).name} vs {Path(str(cfg.base)).name}"
+        name = cfg.name or (
+            " · ".join(m.name for m in cfg.models) if cfg.simplex
+            else f"{Path(str(cfg.aligned)).name} vs {Path(str(cfg.base)).name}"
+        )
         self.run = self.store.get_or_create_run(
             config_hash(identity), name, cfg.model_dump(mode="json"), fingerprints
         )
@@ -206,6 +228,11 @@ class Sweep:
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
+
+    @property
+    def parents(self) -> list[Any]:
+        """Every checkpoint a point mixes: the pair, or a simplex sweep's models in order."""
+        return list(self.named.values()) if self.named else [self.base, self.aligned]
 
     def _ray_check(self) -> None:
         from calmerge.sweep import distributed
@@ -254,9 +281,10 @@ class Sweep:
             tokenizer=self._tokenizer, device_map=cfg.device_map,
             max_memory=parse_max_memory(cfg.max_memory),
         )
+        others = [c for c in self.parents if c is not self.base and c is not self.aligned]
         self._interp = LiveInterpolator(
             self._model, self.base, self.aligned, density=cfg.density, seed=cfg.seed,
-            parents=cfg.parents,
+            parents=cfg.parents, others=others,
         )
         self.placement = self._interp.placement.describe()
 
@@ -266,10 +294,11 @@ class Sweep:
         return sum(t.size for t in self.tasks) + len(self.prompts) * self.cfg.samples
 
     def evaluate_point(
-        self, family: str, lam: float, advance: Callable[[int], None] = lambda n: None,
+        self, family: str, lam: Coord, advance: Callable[[int], None] = lambda n: None,
         *, point_id: int | None = None,
     ) -> tuple[dict, dict, dict]:
-        """Rewrite the weights to (family, λ) and measure every task's splits (+ diversity).
+        """Rewrite the weights to (family, λ or weights) and measure every task's splits (+
+        diversity).
 
         In a multi-task sweep each task is saved as soon as it is scored (`point_id` given),
         and a task an interrupted attempt had saved is read back, not scored again; the
@@ -289,7 +318,11 @@ class Sweep:
             nonlocal applied
             if not applied:
                 self._load()
-                self._interp.apply(family, lam)
+                if isinstance(lam, tuple):  # a simplex point's weights
+                    paths = [str(c.path) for c in self.parents]
+                    self._interp.apply_weights(family, paths, lam)
+                else:
+                    self._interp.apply(family, lam)
                 applied = True
         metrics: dict[str, dict[str, tuple[float, float, float]]] = {}
         preds: dict[str, list[Prediction]] = {}
@@ -360,23 +393,31 @@ class Sweep:
         return scored
 
     # ── the loop ──
-    def _initial_lams(self, family: str) -> tuple[float, ...]:
+    def _initial_points(self, family: str) -> tuple[Coord, ...]:
         """Families that extrapolate (linear) get the grid and the extrapolation points; the
-        others interpolate only."""
+        others interpolate only. A simplex sweep: the simplex (or box) grid (`sweep.simplex`)."""
         from calmerge.merge.families import get_family
 
+        if self.cfg.simplex:
+            from calmerge.sweep.simplex import grid
+
+            geo = self.geometry(family)
+            return tuple(
+                geo.weights(u)
+                for u in grid(geo, self.cfg.simplex_step, self.cfg.extrapolate or ())
+            )
         if get_family(family).extrapolates:
             return self.cfg.lambdas()
         return tuple(x for x in self.cfg.grid if 0.0 <= x <= 1.0)
 
-    def _run_points(self, family: str, lams: Sequence[float], outcome: SweepOutcome, bar) -> None:
+    def _run_points(self, family: str, lams: Sequence[Coord], outcome: SweepOutcome, bar) -> None:
         """Compute every λ not yet done; wait for points another live sweep is computing.
 
         Waiting matters when two sweeps share a store: each ends only when the whole plan is in
         the store, so each can write a complete report. A holder that dies is taken over.
         """
         self.store.add_points(self.run.id, family, lams)
-        todo = [round_lam(x) for x in lams]
+        todo = [x if isinstance(x, tuple) else round_lam(x) for x in lams]
         if self.cfg.ray:
             return self._run_points_ray(family, todo, outcome, bar)
         waited = False
@@ -399,7 +440,7 @@ class Sweep:
                 bar.describe(f"{family}: waiting for {len(todo)} point(s) another sweep holds")
                 time.sleep(0.5)
 
-    def _run_points_ray(self, family: str, todo: list[float], outcome: SweepOutcome, bar) -> None:
+    def _run_points_ray(self, family: str, todo: list[Coord], outcome: SweepOutcome, bar) -> None:
         """`_run_points` over the Ray pool: a point is claimed when a worker takes it and
         recorded here, by the driver, when the worker answers (`sweep.distributed`). The
         workers start only when some point is left to compute."""
@@ -409,9 +450,9 @@ class Sweep:
             todo.remove(lam)
         waited = False
         while todo:
-            held: list[float] = []
+            held: list[Coord] = []
 
-            def claim(fam: str, lam: float, held=held, waited=waited) -> int | None:
+            def claim(fam: str, lam: Coord, held=held, waited=waited) -> int | None:
                 pid = self.store.claim(self.run.id, fam, lam)
                 if pid is None:
                     if not self._is_done(fam, lam):
@@ -442,14 +483,14 @@ class Sweep:
                 bar.describe(f"{family}: waiting for {len(todo)} point(s) another sweep holds")
                 time.sleep(0.5)
 
-    def _is_done(self, family: str, lam: float) -> bool:
+    def _is_done(self, family: str, lam: Coord) -> bool:
         return any(
-            p.family == family and p.lam == lam
+            p.family == family and p.coord == lam
             for p in self.store.points(self.run.id, status="done")
         )
 
-    def _compute(self, pid: int, family: str, lam: float, outcome: SweepOutcome, bar) -> None:
-        bar.describe(f"{family} λ={lam:g}")
+    def _compute(self, pid: int, family: str, lam: Coord, outcome: SweepOutcome, bar) -> None:
+        bar.describe(f"{family} {coord_label(lam)}")
         start = time.perf_counter()
         try:
             metrics, preds, gens = self.evaluate_point(family, lam, bar.advance, point_id=pid)
@@ -467,7 +508,9 @@ class Sweep:
             raise
         outcome.computed.append((family, lam))
 
-    def _refinement(self, family: str, budget: int) -> list[float]:
+    def _scored_points(self, family: str) -> tuple[list[Any], set[Coord]]:
+        """The finished points of `family` with an accuracy on the selection split, and the
+        coordinates of those on its Pareto frontier there."""
         from calmerge.analysis.pareto import default_objectives, pareto_front
         from calmerge.results.points import load_points
 
@@ -478,9 +521,43 @@ class Sweep:
         split = self.select_split
         points = [p for p in points if split in p.metrics and "acc" in p.metrics[split]]
         if len(points) < 2:
-            return []
+            return points, set()
         objectives = self.cfg.objectives or default_objectives(points, split)
-        front = {p.lam for p in pareto_front(points, objectives, split)}
+        return points, {p.coord for p in pareto_front(points, objectives, split)}
+
+    def _simplex_refinement(self, family: str, budget: int) -> list[Coord]:
+        """New weight vectors between frontier points and their neighbours (`simplex.refine`)."""
+        from calmerge.sweep.simplex import refine
+
+        points, front = self._scored_points(family)
+        if not front:
+            return []
+        geo = self.geometry(family)
+        units = [geo.units(p.mix) for p in points]
+        new = refine(
+            geo, units, [p.coord in front for p in points], resolution=self.cfg.resolution,
+            limit=budget,
+        )
+        return [geo.weights(u) for u in new]
+
+    def geometry(self, family: str) -> Any:
+        """The simplex (linear) or box (task vectors) a simplex sweep's family spans."""
+        from calmerge.merge.families import get_family
+        from calmerge.sweep.simplex import UNIT, Geometry
+
+        return Geometry(
+            tuple(m.name for m in self.cfg.models), get_family(family).task_vectors,
+            round(self.cfg.simplex_max * UNIT),
+        )
+
+    def _refinement(self, family: str, budget: int) -> list[Coord]:
+        if self.cfg.simplex:
+            return self._simplex_refinement(family, budget)
+        points, front_coords = self._scored_points(family)
+        if not front_coords:
+            return []
+        split = self.select_split
+        front = {p.lam for p in points if p.coord in front_coords}
         nan = Metric(float("nan"), float("nan"), float("nan"))
         done = [
             (p.lam, p.metrics[split]["acc"].value, p.metrics[split].get("ece", nan).value)
@@ -507,14 +584,19 @@ class Sweep:
     def _execute(self, outcome: SweepOutcome, progress: bool) -> None:
         with PointBar(enabled=progress) as bar:
             for family in self.cfg.families:
-                lams = self._initial_lams(family)
+                lams = self._initial_points(family)
                 bar.add(len(lams) * self.work_per_point)
                 self._run_points(family, lams, outcome, bar)
-                budget = self.cfg.max_refine_points if self.cfg.refine else 0
+                # refinement points a previous session added count against the budget, so a
+                # resumed (or re-run) sweep ends with the points an uninterrupted one has
+                grid = {x if isinstance(x, tuple) else round_lam(x) for x in lams}
+                refined = sum(p.coord not in grid for p in self.store.points(self.run.id)
+                              if p.family == family)
+                budget = max(0, self.cfg.max_refine_points - refined) if self.cfg.refine else 0
                 while budget > 0:
                     new = self._refinement(family, budget)
-                    known = {p.lam for p in self.store.points(self.run.id) if p.family == family}
-                    new = [x for x in new if round_lam(x) not in known]
+                    known = {p.coord for p in self.store.points(self.run.id) if p.family == family}
+                    new = [x for x in new if (x if isinstance(x, tuple) else round_lam(x)) not in known]
                     if not new:
                         break
                     bar.add(len(new) * self.work_per_point)
