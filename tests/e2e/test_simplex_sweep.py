@@ -160,6 +160,17 @@ def test_export_of_any_point_and_the_report(swept, tmp_path, capsys):
     live = sweep._model.state_dict()
     assert all(torch.equal(exported[k], live[k]) for k in exported)
     assert all(torch.equal(exported[k], again[k]) for k in exported)
+    # and mergekit itself, run on that file, writes the same weights
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge as mergekit_run
+    from mergekit.options import MergeOptions
+
+    mk = MergeConfiguration.model_validate(yaml.safe_load(recipe.read_text()))
+    mergekit_run(mk, str(tmp_path / "mk"), MergeOptions(quiet=True))
+    theirs = {k: v for f in (tmp_path / "mk").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert set(theirs) == set(exported)
+    assert all(torch.equal(exported[k], theirs[k]) for k in exported)
     text = Path(rep.markdown).read_text()
     assert "base · sft · dpo" in text and "best of edge sft–dpo" in text
     figures = {p.name for p in (Path(cfg.out) / "figures").iterdir()}
