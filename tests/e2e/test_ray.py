@@ -205,3 +205,29 @@ def test_a_multi_task_sweep_on_ray_equals_the_local_one(cluster, tiny_pair, item
     diff = [(a["lam"], a["task"], k, a[k], b.get(k)) for a, b in zip(local, remote, strict=True)
             for k in a if a[k] != b.get(k) and not (a[k] != a[k] and b.get(k) != b.get(k))]
     assert not diff, diff[:6]
+
+
+def test_a_simplex_sweep_on_ray_equals_the_local_one(cluster, tiny_pair, items, tmp_path,
+                                                     tiny_models_dir):
+    """Points keyed by weights travel to the workers and back like λ points."""
+    from tiny import make_model
+
+    dpo = tiny_models_dir / "ray-dpo"
+    if not dpo.exists():
+        make_model(dpo, seed=5, base=tiny_pair[0], scale=0.2)
+
+    def run(sub, **kw):
+        cfg = SweepConfig(models=[f"base={tiny_pair[0]}", f"sft={tiny_pair[1]}", f"dpo={dpo}"],
+                          data=str(items[0]), dev=str(items[1]), simplex_step=0.5, refine=False,
+                          n_boot=30, device="cpu", store=str(tmp_path / sub / "runs.db"),
+                          out=str(tmp_path / sub / "r"), **kw)
+        api.sweep(cfg, progress=False)
+        return api.results_table(cfg.store)
+
+    local, remote = run("local"), run("ray", ray=cluster, workers=2)
+    assert len(local) == len(remote) == 6
+    key = lambda r: (r["w.base"], r["w.sft"], r["w.dpo"])  # noqa: E731
+    assert sorted(local, key=key) == sorted(remote, key=key) or all(
+        a[k] == b[k] or (a[k] != a[k] and b[k] != b[k])
+        for a, b in zip(sorted(local, key=key), sorted(remote, key=key), strict=True) for k in a
+    )
