@@ -207,3 +207,14 @@ def test_weights_pick_rule():
     for order in itertools.permutations([("base", 0), ("sft", 0.5), ("dpo", 0.5)]):
         rule = "weights=" + ",".join(f"{n}:{w}" for n, w in order)
         assert pick(pts, rule, split="dev").mix == got.mix
+
+
+@pytest.mark.parametrize("rule", ["max-acc", "min-ece", "knee"])
+def test_every_named_rule_picks_on_a_simplex(rule):
+    pts = _triangle(lambda w: 0.5 + 0.1 * w[1] + 0.05 * w[2])
+    v = simplex_verdict(pts, NAMES, rule=rule, n_boot=50)
+    assert v.pick.mix is not None and v.edge_rule == (rule if rule != "min-ece" else "max-acc")
+    if rule == "min-ece":  # lowest ECE at least as accurate as dpo (the last model): ECE falls
+        # with the base's weight (0.3 − 0.1·w_base), so the most base-heavy point that keeps
+        # dpo's accuracy (0.55) wins: base .5 · sft .5 (0.55, ECE 0.25)
+        assert weights_label(v.pick.mix) == "base .5 · sft .5 · dpo 0"

@@ -150,8 +150,39 @@ def same_point(a: Point, b: Point) -> bool:
     return a.family == b.family and abs(a.lam - b.lam) < 1e-9 and a.mix == b.mix
 
 
+def _vertex(points: Sequence[Point], family: str, last: bool) -> Point | None:
+    """A simplex sweep's first (base) or last (most aligned) model itself: its one-hot point
+    (the base of a task-vector family: every coefficient zero)."""
+    from calmerge.merge.families import get_family
+
+    task_vectors = get_family(family).task_vectors
+    for p in points:
+        if p.family != family or p.mix is None:
+            continue
+        values = [v for _, v in p.mix]
+        if last:
+            want = [0.0] * (len(values) - 1) + [1.0]
+        else:
+            want = [0.0] * len(values) if task_vectors else [1.0] + [0.0] * (len(values) - 1)
+        if values == want:
+            return p
+    return None
+
+
 def parents(points: Sequence[Point], family: str = "linear") -> tuple[Point, Point]:
-    """(base, aligned): the λ=0 and λ=1 points of `family` (for linear these are the models)."""
+    """(base, aligned): the λ=0 and λ=1 points of `family` (for linear these are the models);
+    in a sweep over several models, the first and the last model themselves (of `family`, else
+    of the first family swept)."""
+    if points and all(p.mix is not None for p in points):
+        fams = [f for f in dict.fromkeys(p.family for p in points)]
+        fam = family if family in fams else fams[0]
+        base, aligned = _vertex(points, fam, False), _vertex(points, fam, True)
+        if base is None or aligned is None:
+            raise ConfigError(
+                f"the sweep has no point of its first or last model itself in family '{fam}'",
+                "every parent is a grid point; resume the sweep to compute it",
+            )
+        return base, aligned
     base, aligned = find_lam(points, family, 0.0), find_lam(points, family, 1.0)
     missing = [n for n, p in (("λ=0 (base)", base), ("λ=1 (aligned)", aligned)) if p is None]
     if missing:

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from calmerge.analysis.pareto import Point, default_objectives, same_point, value_of
-from calmerge.analysis.pick import PICK_RULES, pick
+from calmerge.analysis.pick import pick
 from calmerge.analysis.verdict import paired_gain_over
 from calmerge.coords import Weights
 from calmerge.errors import ConfigError
 from calmerge.eval.metrics import Metric
 from calmerge.merge.families import get_family
 from calmerge.sweep.simplex import Geometry
+
+#: pick rules that choose an edge's best point from that edge's points alone
+EDGE_RULES = ("max-acc", "knee")
 
 
 @dataclass(frozen=True)
@@ -135,9 +138,11 @@ def simplex_verdict(
         parents.append(standing(name, found))
     best_parent = max(parents, key=lambda s: -np.inf if np.isnan(s.acc) else s.acc)
 
-    # a named rule picks each edge's best point the same way; an explicit point (weights=…)
-    # has no meaning on an edge, so the edges then take their most accurate point
-    edge_rule = rule if rule in PICK_RULES else "max-acc"
+    # each edge's best point is picked by the same rule where the rule means something on an
+    # edge alone (max-acc, knee); min-ece's floor is the last model's accuracy, which an edge
+    # without it lacks, and an explicit point (weights=…) names no edge point: those take the
+    # edge's most accurate point
+    edge_rule = rule if rule in EDGE_RULES else "max-acc"
     edges = []
     vertex = {name: u for name, u in geo.vertices().items()}
     for a, b in geo.edges():
