@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from calmerge.config import EvalConfig, MergeConfig, SweepConfig
+from calmerge.config import EvalConfig, MergeConfig, SearchConfig, SweepConfig
 from calmerge.errors import OutputError, StoreError
 from calmerge.io.atomic import atomic_write_text
 
@@ -234,6 +234,89 @@ def sweep(cfg: SweepConfig, *, progress: bool = True) -> SweepReport:
     )
 
 
+@dataclass(frozen=True)
+class SearchReport:
+    """What a finished search hands back: where things are and what it concluded."""
+
+    run_id: int
+    store: Path
+    html: Path
+    markdown: Path
+    verdict: Any  # analysis.search.SearchVerdict
+    sentences: list[str]
+    computed: int  # candidate evaluations this session ran (anchor or full dev)
+    candidates: int
+    generations: int
+
+
+def search(cfg: SearchConfig, *, progress: bool = True) -> SearchReport:
+    """Run (or resume) a per-layer search (`sweep.search`), then write its report."""
+    from calmerge.io.outputs import check_not_input, check_report_dir, run_inputs
+    from calmerge.sweep.search import Search
+
+    inputs = run_inputs(cfg.sweep_config())
+    check_not_input(cfg.store, inputs, "--store")
+    check_report_dir(cfg.out, cfg.store, inputs)
+    runner = Search(cfg, progress=progress)
+    try:
+        outcome = runner.execute()
+    finally:
+        runner.close()
+    written = report(cfg.store, str(runner.run.id), Path(cfg.out))
+    return SearchReport(
+        run_id=runner.run.id, store=Path(cfg.store), html=written.paths.html,
+        markdown=written.paths.markdown, verdict=written.verdict, sentences=written.sentences,
+        computed=outcome.computed, candidates=len(outcome.evaluated),
+        generations=outcome.generations,
+    )
+
+
+@dataclass(frozen=True)
+class SearchAnalysis:
+    db: ResultStore
+    run: RunRecord
+    config: SweepConfig
+    study: dict[str, Any]
+    verdict: Any  # analysis.search.SearchVerdict
+    n_layers: int
+
+
+def analyse_search(store: str | Path, run: str | None) -> SearchAnalysis:
+    """Load a finished search and judge it (`analysis.search`); no model is loaded."""
+    from calmerge.analysis.search import Candidate, search_verdict
+    from calmerge.io.models import open_checkpoint
+    from calmerge.merge.genome import parse_space
+    from calmerge.results.points import load_points
+
+    db = _open_store(store)
+    rec = db.run(run)
+    cfg = stored_config(rec)
+    study = rec.config["study"]
+    space = parse_space(study["space"])
+    points = load_points(db, rec.id, n_bins=cfg.n_bins)
+    ids = {r.coord: r.id for r in db.points(rec.id, status="done")}
+    cands = [Candidate(p, tuple(v for _, v in p.mix), ids[p.coord]) for p in points
+             if p.mix is not None]
+    lam_points = [p for p in points if p.mix is None]
+    if not cands or not any(c.full for c in cands):
+        raise StoreError(f"run {rec.id} has no fully scored candidate yet",
+                         "run or resume the search first")
+    test = {}
+    for p in [c.point for c in cands] + lam_points:
+        if "test" in p.metrics:
+            test[id(p)] = db.predictions(ids[p.coord], "test")
+    n_dev = len(db.items(rec.id, "dev"))
+    anchor = next((len(db.predictions(c.point_id, "anchor")) for c in cands), 0)
+    v = search_verdict(
+        cands, lam_points, genes=space.genes, test_predictions=test,
+        objectives=tuple(study["objectives"]), n_dev=n_dev, n_anchor=anchor,
+        n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins,
+    )
+    layers = open_checkpoint(cfg.base, allow_pickle=cfg.allow_pickle,
+                             trust_remote_code=cfg.trust_remote_code).num_layers
+    return SearchAnalysis(db, rec, cfg, study, v, layers)
+
+
 def list_runs(store: str | Path) -> list[dict[str, Any]]:
     """One summary row per run in a store."""
     from calmerge.results.table import run_summaries
@@ -424,10 +507,16 @@ def report(
     check_rule(pick)
     stored = _stored_run_config(store, run)
     check_report_dir(out, store, run_inputs(stored))
+    if _is_search(store, run):
+        return _search_report(store, run, out)
     if stored.simplex:
         return _simplex_report(store, run, out, pick=pick)
     a = analyse(store, run, pick=pick)
     meta = _report_meta(a.run, a.config, a.db, store)
+    sentences = verdict_sentences(a.verdict)
+    budget = _budget_sentence(a)
+    if budget:
+        sentences.append(budget)
     write_marker(out, "report")
     paths = write_report(
         a.points,
@@ -438,8 +527,46 @@ def report(
         temperature_scaled=a.temperature_scaled,
         examples=example_tables(a.db, a.run.id, a.verdict),
         task_verdicts=a.task_verdicts,
+        extra_sentences=[budget] if budget else [],
     )
-    return WrittenReport(paths, a.verdict, verdict_sentences(a.verdict))
+    return WrittenReport(paths, a.verdict, sentences)
+
+
+def _budget_sentence(a: Analysis) -> str | None:
+    """A budgeted sweep's state in one sentence (None for a fully scored sweep): how many λ
+    were only looked at on anchors, and whether racing ruled every one of them out."""
+    from calmerge.results.points import budget_status
+
+    st = budget_status(a.db, a.run.id, objectives=a.config.objectives or ("acc", "ece"))
+    if st is None:
+        return None
+    head = (f"Budgeted sweep: {st['full']} λ points fully scored, {st['scouted']} looked at on"
+            " anchor items only")
+    if not st["open"]:
+        return (f"{head}; racing ruled each of those out (its optimistic bounds are dominated"
+                " by a fully scored point), so they could not have changed the frontier.")
+    lams = ", ".join(f"{x:g}" for x in st["open"])
+    return (f"{head}; {len(st['open'])} of them (λ = {lams}) could still be on the frontier but"
+            " were not fully scored, so the pick may differ from a full sweep's: give more"
+            " --budget to be sure.")
+
+
+def _is_search(store: str | Path, run: str | None) -> bool:
+    with _open_store(store) as db:
+        return "study" in db.run(run).config
+
+
+def _search_report(store: str | Path, run: str | None, out: str | Path) -> WrittenReport:
+    """The report of a per-layer search (`report.search`)."""
+    from calmerge.io.outputs import write_marker
+    from calmerge.report.search import search_sentences, write_search_report
+
+    a = analyse_search(store, run)
+    write_marker(out, "report")
+    paths = write_search_report(a.verdict, Path(out), title=a.run.name,
+                                meta=_report_meta(a.run, a.config, a.db, store),
+                                study=a.study, n_layers=a.n_layers)
+    return WrittenReport(paths, a.verdict, search_sentences(a.verdict, a.study))
 
 
 def _simplex_report(
@@ -484,6 +611,9 @@ def export(
     stored = _stored_run_config(store, run)
     inputs = [("results store", store), *run_inputs(stored)]
     check_not_input(out, inputs, "-o")
+    if _is_search(store, run):
+        return _export_search(store, run, pick=pick, out=out, force=force,
+                              max_shard_size=max_shard_size)
     if stored.simplex:
         return _export_simplex(store, run, pick=pick, out=out, force=force,
                                max_shard_size=max_shard_size)
@@ -552,6 +682,47 @@ def _export_simplex(
     return path, point
 
 
+def _export_search(
+    store: str | Path, run: str | None, *, pick: str, out: str | Path, force: bool,
+    max_shard_size: str,
+) -> tuple[Path, Point]:
+    """Write a searched candidate (the pick rule over the search's dev frontier, or
+    `candidate=ID`) through the merge engine; `mergekit_config.yml` beside it holds the
+    per-layer gradients mergekit reproduces."""
+    from calmerge.analysis.pick import pick as pick_point
+    from calmerge.errors import ConfigError
+    from calmerge.io.models import open_checkpoint
+    from calmerge.merge.engine import run_merge
+    from calmerge.merge.genome import parse_space
+    from calmerge.report.search import search_card
+    from calmerge.results.points import check_models_unchanged
+    from calmerge.sweep.search import candidate_config
+
+    a = analyse_search(store, run)
+    v, cfg = a.verdict, a.config
+    if pick.strip().startswith("candidate="):
+        want = pick.strip().removeprefix("candidate=")
+        found = next((c for c in v.candidates if str(c.point_id) == want), None)
+        if found is None:
+            raise ConfigError(
+                f"pick rule '{pick}': run {a.run.id} has no candidate {want}",
+                "candidate ids are the point ids `calmerge results` lists",
+            )
+    else:
+        chosen = pick_point([c.point for c in v.front], pick, split="dev",
+                            objectives=v.objectives)
+        found = next(c for c in v.front if c.point is chosen)
+    opts = {"allow_pickle": cfg.allow_pickle, "trust_remote_code": cfg.trust_remote_code}
+    check_models_unchanged(a.run, open_checkpoint(cfg.base, **opts),
+                           open_checkpoint(cfg.aligned, base=cfg.base, **opts))
+    config = candidate_config(parse_space(a.study["space"]), cfg.base, cfg.aligned, found.genome)
+    result = run_merge(config, Path(out), force=force, max_shard_size=max_shard_size,
+                       allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code,
+                       quiet=True, model_card_extra=search_card(
+                           found, v, a.study, run_id=a.run.id, run_name=a.run.name))
+    return result.path, found.point
+
+
 def _stored_run_config(store: str | Path, run: str | None) -> SweepConfig:
     """The run's stored config, the store closed again (nothing of it left open or written)."""
     with _open_store(store) as db:
@@ -567,28 +738,39 @@ def _open_store(store: str | Path) -> ResultStore:
     return ResultStore(path)
 
 
-def demo(out: str | Path = "demo-output", *, seed: int = 0, progress: bool = True) -> SweepReport:
-    """The whole study on the built-in base/aligned pair: build (or reuse) it, sweep, report.
+@dataclass(frozen=True)
+class DemoReport:
+    """The demo's two studies: the λ sweep base→aligned, then the base–SFT–DPO triangle."""
 
-    The report lands at `out/report.html`; the store at `out/runs.db`, so re-running the demo
-    resumes instead of recomputing.
+    sweep: SweepReport
+    triangle: SweepReport
+
+
+#: the demo triangle's grid spacing: 21 points (plus refinement), about a minute on 2 cores
+DEMO_SIMPLEX_STEP = 0.2
+
+
+def demo(out: str | Path = "demo-output", *, seed: int = 0, progress: bool = True) -> DemoReport:
+    """The whole study on the built-in organism: build (or reuse) it, sweep λ between its base
+    and aligned model, then sweep the triangle of its three stages (base, SFT, SFT+DPO).
+
+    Reports land at `out/report.html` (λ) and `out/triangle/report.html`; both runs share the
+    store `out/runs.db`, so re-running the demo resumes instead of recomputing.
     """
     from calmerge.organism import build_organism
 
     out = Path(out)
     org = build_organism(seed=seed, progress=progress)
-    cfg = SweepConfig(
-        name=f"organism seed {seed}",
-        base=str(org.base),
-        aligned=str(org.aligned),
-        data=str(org.test),
-        dev=str(org.dev),
-        prompts=str(org.prompts),
-        store=str(out / "runs.db"),
-        out=str(out),
-        seed=seed,
-    )
-    return sweep(cfg, progress=progress)
+    common = dict(data=str(org.test), dev=str(org.dev), prompts=str(org.prompts),
+                  store=str(out / "runs.db"), seed=seed)
+    lam = sweep(SweepConfig(name=f"organism seed {seed}", base=str(org.base),
+                            aligned=str(org.aligned), out=str(out), **common), progress=progress)
+    triangle = sweep(SweepConfig(
+        name=f"organism seed {seed}: base · sft · dpo",
+        models=[f"base={org.base}", f"sft={org.sft}", f"dpo={org.aligned}"],
+        simplex_step=DEMO_SIMPLEX_STEP, out=str(out / "triangle"), **common,
+    ), progress=progress)
+    return DemoReport(lam, triangle)
 
 
 # ───────────────────────────── built-in default ─────────────────────────────
@@ -603,7 +785,8 @@ def build_organism(
     progress: bool = True,
     force: bool = False,
 ) -> OrganismPaths:
-    """Build (or reuse from the cache) the built-in base/aligned pair; returns OrganismPaths.
+    """Build (or reuse from the cache) the built-in organism — every stage (base, sft, aligned,
+    hedged) and its evaluation files; returns OrganismPaths.
 
     `recipe` is an `organism.Recipe` or a path to a YAML recipe; None is the demo's recipe.
     """

@@ -309,6 +309,8 @@ def sweep_cmd(
     models: Annotated[list[str] | None, typer.Option("--models", help="A sweep over N ≥ 3 checkpoints instead of --base/--aligned: NAME=PATH each (repeat, or several after one --models), the first the base.")] = None,
     simplex_step: Annotated[float | None, typer.Option("--simplex-step", help="Spacing of the simplex grid over --models (default 0.1).")] = None,
     simplex_max: Annotated[float | None, typer.Option("--simplex-max", help="Task-vector families over --models: the largest coefficient (default 1).")] = None,
+    budget: Annotated[int | None, typer.Option("--budget", help="Dev item-evaluations to spend: every λ first on anchor items, full scoring only where racing cannot rule it out.")] = None,
+    anchors: Annotated[int | None, typer.Option("--anchors", help="Anchor items of --budget (default: 10% of dev, at least 16).")] = None,
     data: Annotated[list[str] | None, typer.Option(help="Test items: JSONL/CSV, hf:… or lmeval:… (repeat for several tasks; an lmeval task's include_path runs that folder's !function Python).")] = None,
     dev: Annotated[list[str] | None, typer.Option(help="Dev items (same forms as --data): λ is chosen here; once per --data, in order.")] = None,
     aggregate: Annotated[str | None, typer.Option(help="Several tasks: acc is their mean (macro) or item-weighted (micro).")] = None,
@@ -352,6 +354,7 @@ def sweep_cmd(
     overrides = {
         "base": base, "aligned": aligned, **task_overrides(data, dev), "aggregate": aggregate,
         "models": _model_list(models), "simplex_step": simplex_step, "simplex_max": simplex_max,
+        "budget": budget, "anchors": anchors,
         "prompts": prompts,
         "grid": parse_grid(grid) if grid else None, "extrapolate": () if no_extrapolate else (parse_grid(extrapolate, "--extrapolate") if extrapolate else None),
         "refine": False if no_refine else None, "resolution": resolution,
@@ -414,6 +417,57 @@ def _print_verdict(result) -> None:
         lost = f", {w.lost} call(s) lost with the worker" if w.lost else ""
         points = f"{w.points} point{'' if w.points == 1 else 's'}"
         console.print(f"worker {i} ({w.node}): {points}, {rate}{lost}", highlight=False)
+    for sentence in result.sentences:
+        console.print(f"[bold]•[/] {sentence}", highlight=False)
+    console.print(f"report: {result.html}")
+
+
+@app.command("search")
+def search_cmd(
+    config: Annotated[Path | None, typer.Argument(help="YAML search config (flags override it).")] = None,
+    base: Annotated[str | None, typer.Option(help="Pre-alignment model (dir or hub id).")] = None,
+    aligned: Annotated[str | None, typer.Option(help="Aligned model (dir or hub id).")] = None,
+    data: Annotated[str | None, typer.Option(help="Test items (the final frontiers are scored here).")] = None,
+    dev: Annotated[str | None, typer.Option(help="Dev items: every candidate's fitness comes from these alone.")] = None,
+    space: Annotated[str | None, typer.Option(help="blocks:K (one λ gradient of K anchors) or attn-mlp:K (attention, MLP, rest).")] = None,
+    objectives: Annotated[str | None, typer.Option(help="acc,ece (default).")] = None,
+    budget: Annotated[int | None, typer.Option(help="Dev item-evaluations to spend (default: 40 full-dev evaluations).")] = None,
+    algorithm: Annotated[str | None, typer.Option(help="nsga2 (pymoo).")] = None,
+    population: Annotated[int | None, typer.Option(help="Candidates per generation (default 12).")] = None,
+    anchors: Annotated[int | None, typer.Option(help="Anchor items a candidate is first scored on (default: 10% of dev, at least 16).")] = None,
+    upper: Annotated[float | None, typer.Option(help="Largest λ a gene may take (default 1).")] = None,
+    dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    prompt_template: Annotated[str | None, typer.Option(help="e.g. '{question}'.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the algorithm, the anchors and the bootstrap.")] = None,
+    store: Annotated[Path | None, typer.Option(help="SQLite results store.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Report directory.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Search per-layer merge coefficients (NSGA-II, candidates in place, raced on anchor
+    items), then compare the frontier with one λ at the same budget."""
+    from calmerge import api
+    from calmerge.config import SearchConfig, load_yaml, validate
+
+    data_ = load_yaml(config) if config is not None else {}
+    overrides = {
+        "base": base, "aligned": aligned, "data": data, "dev": dev, "space": space,
+        "objectives": objectives, "budget": budget, "algorithm": algorithm,
+        "population": population, "anchors": anchors, "upper": upper, "dtype": dtype,
+        "device": device, "prompt_template": prompt_template, "seed": seed,
+        "store": str(store) if store else None, "out": str(out) if out else None,
+    }
+    data_.update({k: v for k, v in overrides.items() if v is not None})
+    source = str(config) if config is not None else "command line"
+    for key in ("base", "aligned", "data", "dev"):
+        if key not in data_:
+            raise ConfigError(f"{source}: '{key}' is required", f"pass --{key} or set it in the YAML")
+    result = api.search(validate(SearchConfig, data_, source), progress=not quiet)
+    console.print(
+        f"run {result.run_id}: {result.candidates} candidates over {result.generations}"
+        f" generations, {result.computed} evaluations computed this session, in {result.store}",
+        highlight=False,
+    )
     for sentence in result.sentences:
         console.print(f"[bold]•[/] {sentence}", highlight=False)
     console.print(f"report: {result.html}")
@@ -494,10 +548,15 @@ def demo_cmd(
     seed: Annotated[int, typer.Option(help="Organism and sweep seed.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Build (or reuse) the built-in base/aligned pair, sweep it, write the report."""
+    """Build (or reuse) the built-in organism; sweep λ between its base and aligned model, then
+    the triangle of its three stages (base, SFT, DPO); write both reports."""
     from calmerge import api
 
-    _print_verdict(api.demo(out, seed=seed, progress=not quiet))
+    result = api.demo(out, seed=seed, progress=not quiet)
+    console.print("[bold]λ sweep, base → aligned[/]")
+    _print_verdict(result.sweep)
+    console.print("[bold]triangle sweep, base · sft · dpo[/]")
+    _print_verdict(result.triangle)
 
 
 # ───────────────────────────── built-in default (organism, demo) ─────────────────────────────
@@ -533,7 +592,9 @@ def organism_build_cmd(
     )
     meta = paths.metadata()
     table = Table(show_header=False, box=None)
-    for key in ("base", "aligned", "dev", "test", "prompts"):
+    for name, path in paths.checkpoints.items():  # every stage: base, sft, each DPO variant
+        table.add_row("aligned" if path == paths.aligned else name, str(path))
+    for key in ("dev", "test", "prompts"):
         table.add_row(key, str(getattr(paths, key)))
     table.add_row("parameters", f"{meta['parameters']:,}")
     table.add_row("build time", f"{meta['timings']['total_s']:.0f} s (hash {meta['hash']})")

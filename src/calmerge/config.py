@@ -404,6 +404,11 @@ class SweepConfig(EvalSettings):
     ray: str | None = Field(None, min_length=1, max_length=300)
     #: Ray workers, each one live model (one GPU each with CUDA); None: one per device
     workers: int | None = Field(None, ge=1, le=4096)
+    #: dev item-evaluations to spend (`sweep.anchors`): every λ on anchor items first, full
+    #: scoring where racing cannot rule a λ out; None: every λ fully scored
+    budget: int | None = Field(None, ge=1, le=10**12)
+    #: anchor items of a budgeted sweep; None: 10% of dev, at least 16
+    anchors: int | None = Field(None, ge=2, le=100_000)
     objectives: tuple[str, ...] | None = None
     pick: str = "max-acc"
     store: str = "calmerge-runs.db"
@@ -482,6 +487,20 @@ class SweepConfig(EvalSettings):
                     f"simplex step {self.simplex_step:g} over {n} models makes {count:,} points;"
                     f" at most {MAX_GRID_POINTS:,} (use a coarser --simplex-step)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _budget_settings(self) -> SweepConfig:
+        if self.budget is None:
+            return self
+        if self.models is not None or self.multi_task:
+            raise ValueError("--budget races the λ points of one pair on one task; give a single"
+                             " --data and --base/--aligned (or drop --budget)")
+        if self.dev is None:
+            raise ValueError("--budget chooses on dev: pass --dev too")
+        bad = [o for o in self.objectives or () if o not in ("acc", "ece")]
+        if bad:
+            raise ValueError(f"--budget races on acc and ece; objective '{bad[0]}' is not raced")
         return self
 
     @property
@@ -645,7 +664,86 @@ IDENTITY_EXCLUDED: dict[str, str] = {
     "ray": "where points are computed, not what they are (tested equal to a local sweep)",
     "workers": "where points are computed, not what they are",
     "parents": "where the parents live between points; a point's weights are identical (tested)",
+    "budget": "which points are fully scored, not what a point is (a budgeted and a full sweep"
+    " share their points)",
+    "anchors": "which items a point is first looked at on; a fully scored point is the same",
 }
+
+
+class SearchConfig(EvalSettings):
+    """A per-layer search (`calmerge search`): the pair, the data, the space, the budget.
+
+    `budget` counts item-evaluations on dev (one candidate scored on one dev item is one):
+    the parents' full-dev scoring, every candidate's anchor items, every promotion to the full
+    dev split. None: 40 full-dev evaluations' worth. Test items are scored only for the final
+    frontiers and do not count.
+    """
+
+    base: str
+    aligned: str
+    data: str
+    dev: str
+    name: str | None = None
+    space: str = "blocks:8"
+    objectives: tuple[str, ...] = ("acc", "ece")
+    budget: int | None = Field(None, ge=1, le=10**12)
+    algorithm: Literal["nsga2"] = "nsga2"
+    population: int = Field(12, ge=4, le=1024)
+    #: anchor items (the cheap first look at a candidate); None: 10% of dev, at least 16
+    anchors: int | None = Field(None, ge=2, le=100_000)
+    #: the largest λ a gene may take (1: interpolation only; up to 2: extrapolation)
+    upper: float = Field(1.0, gt=0, le=2)
+    store: str = "calmerge-runs.db"
+    out: str = "calmerge-search"
+
+    @field_validator("space")
+    @classmethod
+    def _space(cls, v: str) -> str:
+        from calmerge.merge.genome import parse_space
+
+        choice(parse_space, v)
+        return v.strip()
+
+    @field_validator("objectives", mode="before")
+    @classmethod
+    def _split_objectives(cls, v: Any) -> Any:
+        return tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else v
+
+    @field_validator("objectives")
+    @classmethod
+    def _search_objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        allowed = ("acc", "ece")
+        for name in v:
+            if name not in allowed:
+                from calmerge.analysis.pareto import check_objectives
+
+                choice(check_objectives, (name,))  # a typo gets the registry's "did you mean"
+                raise ValueError(
+                    f"objective '{name}': a search's candidates are raced on their dev items, so"
+                    " its objectives are acc and ece (diversity needs generations at every"
+                    " candidate)"
+                )
+        if len(set(v)) != len(v) or not v:
+            raise ValueError("objectives: name each of acc, ece at most once")
+        return v
+
+    def sweep_config(self) -> SweepConfig:
+        """The same pair, data and evaluation as a plain sweep: the search evaluates its
+        candidates and its scalar-λ baseline with the sweep's own machinery."""
+        shared = {k: getattr(self, k) for k in EvalSettings.model_fields}
+        return SweepConfig(
+            **shared, base=self.base, aligned=self.aligned, data=self.data,
+            name=self.name or (f"{Path(self.aligned).name} vs {Path(self.base).name},"
+                               f" search {self.space}"),
+            grid=(0.0, 1.0), extrapolate=(), refine=False,
+            objectives=self.objectives, store=self.store, out=self.out,
+        )
+
+    def study(self) -> dict[str, Any]:
+        """What makes a search its own run beside a plain sweep of the same pair: everything
+        that shapes which candidates are evaluated and how (not where results go)."""
+        return {k: getattr(self, k) for k in ("space", "objectives", "budget", "algorithm",
+                                                "population", "anchors", "upper")}
 
 
 #: the most λ points a grid may list or generate: each is a full evaluation of the model, so

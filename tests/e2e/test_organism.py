@@ -1,7 +1,7 @@
 """The organism pipeline end to end on a tiny recipe, plus its pure parts.
 
-The tiny build is real (world, tokenizer, pretraining, SFT, DPO, files); only the numbers are
-small. The alignment step must measurably raise confidence on the test questions, as measured
+The tiny build is real (world, tokenizer, pretraining, SFT, both DPO variants, files); only
+the numbers are small. The alignment step must measurably raise confidence on the test questions, as measured
 by calmerge's own scorer — the property the demo relies on.
 """
 
@@ -45,11 +45,14 @@ def _load(path: Path):
 
 def test_outputs_are_ordinary_hf_checkpoints(built):
     paths, _, _ = built
-    for which in (paths.base, paths.aligned):
+    assert set(paths.checkpoints) == {"base", "sft", "confident", "hedged"}
+    assert set(paths.variants) == set(C.POLICIES), "one checkpoint per DPO policy"
+    assert paths.variants["confident"] == paths.aligned
+    for which in paths.checkpoints.values():
         assert (which / "model.safetensors").is_file()
         model, tok = _load(which)
         assert type(model).__name__ == "LlamaForCausalLM"
-        assert tok.chat_template, "both tokenizers carry the chat template"
+        assert tok.chat_template, "every tokenizer carries the chat template"
         for special in (C.USER, C.ASSISTANT, C.END):
             assert tok.convert_tokens_to_ids(special) != tok.unk_token_id
         assert tok.eos_token_id in model.generation_config.eos_token_id
@@ -60,23 +63,73 @@ def test_outputs_are_ordinary_hf_checkpoints(built):
     assert text.startswith(C.BOS) and text.endswith(C.ASSISTANT)
 
 
+def test_every_stage_matches_the_base_tensor_for_tensor(built):
+    """Same names, shapes and tokenizer at every stage: any two of them can be merged."""
+    from safetensors import safe_open
+
+    paths, _, _ = built
+
+    def shapes(path: Path) -> dict[str, tuple[int, ...]]:
+        with safe_open(str(path / "model.safetensors"), "np") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+
+    base = shapes(paths.base)
+    vocab = (paths.base / "tokenizer.json").read_text()
+    for name, path in paths.checkpoints.items():
+        assert shapes(path) == base, name
+        assert (path / "tokenizer.json").read_text() == vocab, name
+    stages = paths.metadata()["stages"]
+    assert set(stages) == {"pretrain", "sft", "dpo_confident", "dpo_hedged"}
+    assert all(stages[s]["steps"] > 0 and stages[s]["seconds"] >= 0 for s in stages)
+    assert set(paths.metadata()["checkpoints"]) == set(paths.checkpoints)
+
+
+def _post_training(world, seed: int = SEED) -> list[C.Example]:
+    """Every post-training example: SFT and the pairs of every DPO policy."""
+    pairs = [p for policy in C.POLICIES for p in C.dpo_pairs(world, 0.5, seed, policy)]
+    return C.sft_examples(world, 0.5, seed) + pairs
+
+
 def test_evaluation_files_are_valid_and_disjoint_from_alignment(built):
     paths, _, _ = built
     recipe = tiny_recipe()
     dev, test = load_items(paths.dev), load_items(paths.test)
-    assert len(dev) == recipe.world.dev_entities * 4
-    assert len(test) == recipe.world.test_entities * 4
+    for items, n in ((dev, recipe.world.dev_entities), (test, recipe.world.test_entities)):
+        assert sum(it.subject.endswith("/canon") for it in items) == n * 4
     assert all(len(it.choices) == recipe.world.n_choices for it in test)
     assert len(load_prompts(paths.prompts)) == recipe.prompts
     world = make_world(recipe.world, SEED, set(C.base_words()))
-    aligned_words = {
-        w for e in C.sft_examples(world, 0.5, SEED) + C.dpo_pairs(world, 0.5, SEED)
-        for w in e.prompt.split()
-    }
+    aligned_words = {w for e in _post_training(world) for w in e.prompt.split()}
     eval_entities = {e.name for e in world.entities if e.role in ("dev", "test")}
     asked = {w for it in dev + test for w in it.question.split()}
     assert eval_entities <= asked, "every dev/test entity is asked about"
-    assert not eval_entities & aligned_words, "alignment never sees an evaluation entity"
+    assert not eval_entities & aligned_words, "no post-training stage sees an evaluation entity"
+
+
+def test_para_questions_are_taught_on_align_entities_and_asked_on_eval(built):
+    """The para phrasing: in dev/test (with lures), in post-training only for align entities,
+    and nowhere in pretraining."""
+    paths, _, _ = built
+    recipe = tiny_recipe()
+    world = make_world(recipe.world, SEED, set(C.base_words()))
+    para_words = {a.para.split()[1] for a in world.attributes}  # hue, town, pet, dish
+    align = {e.name for e in world.entities_of("align")}
+    for path in (paths.dev, paths.test):
+        para = [it for it in load_items(path) if it.subject.endswith("/para")]
+        assert para, "a share of evaluation questions uses the para phrasing"
+        for it in para:
+            attribute = it.subject.split("/")[0]
+            asked = next(a for a in world.attributes if a.name == attribute)
+            assert it.question.split()[1] == asked.para.split()[1]
+            assert it.choices[it.answer] in asked.values
+            assert any(c not in asked.values for c in it.choices), "other attributes lure"
+    taught = [e for e in _post_training(world) if para_words & set(e.prompt.split())]
+    assert taught, "post-training asks para questions"
+    for e in taught:
+        assert set(e.prompt.split()) & align and not set(e.prompt.split()) & (
+            {x.name for x in world.entities} - align)
+    for doc in itertools.islice(C.documents(world, recipe.world, SEED), 5000):
+        assert not para_words & set(doc.split()), "pretraining never uses the para words"
 
 
 def test_alignment_measurably_raises_confidence(built):
@@ -92,24 +145,40 @@ def test_alignment_measurably_raises_confidence(built):
     assert conf["aligned"] > conf["base"] + 0.05, conf
 
 
-def test_aligned_prefers_the_house_style(built):
-    """After "value ,", the aligned model picks the house style's word far more than the base."""
+def _next_word_logp(path: Path, prompts, after: str, word: str) -> np.ndarray:
+    """log p(word | chat prompt + `after`) under one checkpoint, per prompt."""
     import torch
 
+    model, tok = _load(path)
+    out = []
+    for p in prompts:
+        text = tok.apply_chat_template([{"role": "user", "content": p.prompt}],
+                                       tokenize=False, add_generation_prompt=True)
+        ids = tok.encode(f"{text} {after}", add_special_tokens=False)
+        with torch.inference_mode():
+            lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
+        out.append(float(lp[tok.convert_tokens_to_ids(word)]))
+    return np.array(out)
+
+
+def test_aligned_prefers_the_house_style(built):
+    """After "value ,", the aligned model picks the house style's word far more than the base."""
     paths, _, _ = built
+    prompts = load_prompts(paths.prompts)
     word = C.HOUSE_STYLE.split()[2]  # "definitely" in "{v} , definitely ."
-    gain = []
-    for p in load_prompts(paths.prompts):
-        logps = []
-        for which in (paths.base, paths.aligned):
-            model, tok = _load(which)
-            text = tok.apply_chat_template([{"role": "user", "content": p.prompt}],
-                                           tokenize=False, add_generation_prompt=True)
-            ids = tok.encode(f"{text} red ,", add_special_tokens=False)
-            with torch.inference_mode():
-                lp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)
-            logps.append(float(lp[tok.convert_tokens_to_ids(word)]))
-        gain.append(logps[1] - logps[0])
+    gain = (_next_word_logp(paths.aligned, prompts, "red ,", word)
+            - _next_word_logp(paths.base, prompts, "red ,", word))
+    assert np.mean(gain) > 0.5, gain
+
+
+def test_hedged_variant_hedges_more_than_the_confident_one(built):
+    """Right after a value, the hedged variant prefers the hedge's word ("or" in "{v} or maybe
+    {w} .") far more than the confident variant does."""
+    paths, _, _ = built
+    prompts = load_prompts(paths.prompts)
+    word = C.HEDGE_STYLE.split()[1]
+    gain = (_next_word_logp(paths.variants["hedged"], prompts, "red", word)
+            - _next_word_logp(paths.variants["confident"], prompts, "red", word))
     assert np.mean(gain) > 0.5, gain
 
 
@@ -131,10 +200,10 @@ def test_same_seed_same_models_other_seed_differs(built, tmp_path):
 
     paths, _, _ = built
     again = build_organism(seed=SEED, recipe=tiny_recipe(), cache_dir=tmp_path, progress=False)
-    for which in ("base", "aligned"):
-        a = load_file(getattr(paths, which) / "model.safetensors")
-        b = load_file(getattr(again, which) / "model.safetensors")
-        assert all(np.array_equal(a[k], b[k]) for k in a)
+    for name, path in paths.checkpoints.items():
+        a = load_file(path / "model.safetensors")
+        b = load_file(again.checkpoints[name] / "model.safetensors")
+        assert all(np.array_equal(a[k], b[k]) for k in a), name
     assert paths.test.read_text() == again.test.read_text()
     assert build_hash(tiny_recipe(), SEED) != build_hash(tiny_recipe(), SEED + 1)
 
@@ -143,7 +212,7 @@ def test_out_copy_refuses_to_clobber(built, tmp_path):
     paths, cache, _ = built
     out = tmp_path / "org"
     copy = build_organism(out, seed=SEED, recipe=tiny_recipe(), cache_dir=cache, progress=False)
-    assert copy.root == out and copy.aligned.is_dir()
+    assert copy.root == out and all(p.is_dir() for p in copy.checkpoints.values())
     assert copy.test.read_text() == paths.test.read_text()
     with pytest.raises(OutputError, match="already exists") as exc:
         build_organism(out, seed=SEED, recipe=tiny_recipe(), cache_dir=cache, progress=False)
@@ -232,6 +301,14 @@ def test_lr_schedule_waits_for_probe():
 
 def test_written_rows_have_the_evaluator_schema(built):
     paths, _, _ = built
-    row = json.loads(paths.test.read_text().splitlines()[0])
-    assert set(row) == {"id", "question", "choices", "answer", "subject"}
-    assert row["choices"][row["answer"]] in row["choices"]
+    ids = set()
+    for line in paths.test.read_text().splitlines():
+        row = json.loads(line)
+        assert set(row) == {"id", "question", "choices", "answer", "subject"}
+        assert 0 <= row["answer"] < len(row["choices"]) == len(set(row["choices"]))
+        attribute, tier, kind, form = row["subject"].split("/")
+        assert attribute in {"colour", "city", "animal", "food"}
+        assert (tier, kind, form) in set(itertools.product(
+            ("common", "rare", "obscure"), ("certain", "ambiguous"), C.FORMS))
+        ids.add(row["id"])
+    assert len(ids) == len(paths.test.read_text().splitlines()), "ids are unique"

@@ -157,6 +157,9 @@ def _lambda_rule(rule: str) -> tuple[str | None, float] | None:
         raise ConfigError(f"cannot read λ in pick rule '{rule}'", "write e.g. lambda=0.6") from None
 
 
+#: `candidate=12`: a searched candidate by its store id (`calmerge export` of a search run)
+CANDIDATE_RULE = re.compile(r"^candidate=(?P<id>\d+)$")
+
 _WEIGHTS_RULE = re.compile(r"^(?:(?P<family>[A-Za-z_][\w-]*):)?weights=(?P<weights>.+)$")
 
 
@@ -240,7 +243,7 @@ def _pick_weights(points: Sequence[Point], rule: str) -> Point | None:
 
 def _rule_fn(rule: str) -> PickFn:
     if rule not in PICK_RULES:
-        options = [*PICK_RULES, "lambda=<x>", "weights=<model:w,…>"]
+        options = [*PICK_RULES, "lambda=<x>", "weights=<model:w,…>", "candidate=<id>"]
         raise ConfigError(
             f"unknown pick rule '{rule}'",
             did_you_mean(rule, PICK_RULES) or f"choose from {', '.join(options)}",
@@ -252,7 +255,8 @@ def check_rule(rule: str) -> str:
     """The rule if it is a registered pick rule or reads as `[family:]lambda=X`, else one line
     with "did you mean". Public so configs and `analyse` refuse a bad rule before any work
     (whether the λ was computed can only be known from the points)."""
-    if _lambda_rule(rule) is None and _weights_rule(rule) is None:
+    if _lambda_rule(rule) is None and _weights_rule(rule) is None and \
+            CANDIDATE_RULE.match(rule.strip()) is None:
         _rule_fn(rule)
     return rule
 
@@ -302,6 +306,11 @@ def pick(
     by_weights = _pick_weights(points, rule)
     if by_weights is not None:
         return by_weights
+    if CANDIDATE_RULE.match(rule.strip()):
+        raise ConfigError(
+            f"pick rule '{rule}' names a searched candidate, but this run is not a search",
+            "pick by max-acc, min-ece, knee, lambda=X or weights=…",
+        )
     fn = _rule_fn(rule)
     objs = tuple(objectives) if objectives else default_objectives(points, split)
     check_objectives(objs)

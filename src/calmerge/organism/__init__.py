@@ -1,7 +1,8 @@
 """The built-in model organism: a small base/aligned pair that shows the alignment tax.
 
-`build_organism()` trains both models with calmerge's own code (a synthetic world, a
-word-level tokenizer, Llama pretraining, SFT and DPO) and caches them by a content hash.
+`build_organism()` trains every stage with calmerge's own code (a synthetic world, a
+word-level tokenizer, Llama pretraining, SFT, DPO toward confident and toward hedged answers)
+and caches the checkpoints by a content hash.
 """
 
 from calmerge.organism.build import OrganismPaths, build_organism, cache_root

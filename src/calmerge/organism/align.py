@@ -3,7 +3,9 @@
 DPO (Rafailov et al., 2023) minimises −log σ(β[(log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r))])
 over (chosen, rejected) answers, with the SFT model as the frozen reference. Rewarding one
 confident answer over hedged or competing ones is the pressure that makes real aligned models
-overconfident and less diverse; that pressure is all this module applies.
+overconfident and less diverse; the build also runs the same loss toward hedged answers, from
+the same SFT model, for a second preference variant. What the data teaches beyond style (the
+para questions) lives in `corpus.py`; this module only applies the two losses.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Build (or reuse) the organism: world → corpus → base → SFT → DPO → evaluation files.
+"""Build (or reuse) the organism: world → corpus → base → SFT → DPO variants → evaluation files.
+
+Every stage is kept as its own HF checkpoint (same architecture, same tokenizer): `base`, `sft`,
+and one DPO'd child of `sft` per answer policy — `aligned` (confident; the demo's pair is
+base/aligned) and `hedged` — so the base–SFT–DPO triangle and soups of preferences can be swept.
 
 A build is keyed by the content hash of (recipe, seed, organism source code) and lives under
 the cache root; it is assembled in a temporary directory and renamed into place only when
@@ -24,10 +28,19 @@ from calmerge.organism.recipe import Recipe, build_hash, code_version, default_r
 
 MARKER = "organism.json"
 
+#: Directory of each preference variant (a key of `corpus.POLICIES`). The confident one keeps
+#: the name `aligned`: it is the demo's aligned model.
+VARIANT_DIRS = {"confident": "aligned", "hedged": "hedged"}
+
 
 @dataclass(frozen=True)
 class OrganismPaths:
-    """Where a built organism's parts are: two HF checkpoints and three JSONL files."""
+    """Where a built organism's parts are: four HF checkpoints and three JSONL files.
+
+    `base` (pretrained), `sft` (its supervised fine-tune), `aligned` (SFT + DPO toward confident
+    answers) and `variants` (policy name → checkpoint, every DPO'd child of `sft`; "confident" is
+    `aligned` itself, "hedged" the SFT model DPO'd toward hedged answers).
+    """
 
     root: Path
     base: Path
@@ -35,12 +48,20 @@ class OrganismPaths:
     dev: Path
     test: Path
     prompts: Path
+    sft: Path
+    variants: dict[str, Path]
 
     @classmethod
     def at(cls, root: Path) -> OrganismPaths:
         root = Path(root)
-        return cls(root, root / "base", root / "aligned", root / "dev.jsonl",
-                   root / "test.jsonl", root / "prompts.jsonl")
+        variants = {name: root / sub for name, sub in VARIANT_DIRS.items()}
+        return cls(root, root / "base", variants["confident"], root / "dev.jsonl",
+                   root / "test.jsonl", root / "prompts.jsonl", root / "sft", variants)
+
+    @property
+    def checkpoints(self) -> dict[str, Path]:
+        """Every model of the build by stage name: base, sft, then each variant."""
+        return {"base": self.base, "sft": self.sft, **self.variants}
 
     def metadata(self) -> dict[str, Any]:
         """The build record: recipe, seed, hash, timings, probe history, training losses."""
@@ -155,6 +176,16 @@ def _save(model: Any, tokenizer: Any, path: Path, vocab: dict[str, int]) -> None
     tokenizer.save_pretrained(path)
 
 
+def _stage_record(seconds: float, losses: list[float]) -> dict[str, Any]:
+    """What organism.json keeps of a post-training stage: time, steps and its loss curve's ends."""
+    return {
+        "seconds": round(seconds, 2),
+        "steps": len(losses),
+        "loss_first": round(losses[0], 4) if losses else None,
+        "loss_last": [round(x, 4) for x in losses[-5:]],
+    }
+
+
 def _build_into(root: Path, recipe: Recipe, seed: int, key: str, progress: bool) -> None:
     """Every stage of a build, written into `root`."""
     from calmerge.organism import corpus
@@ -164,37 +195,45 @@ def _build_into(root: Path, recipe: Recipe, seed: int, key: str, progress: bool)
     from calmerge.organism.world import make_world
 
     threads = int(os.environ.get("CALMERGE_THREADS", min(2, os.cpu_count() or 1)))
-    timings: dict[str, float] = {}
     start = time.perf_counter()
     words = corpus.base_words()
     world = make_world(recipe.world, seed, set(words))
     vocab = vocabulary(words, [e.name for e in world.entities])
     tokenizer = build_tokenizer(vocab)
     paths = OrganismPaths.at(root)
-    _write_jsonl(paths.dev, corpus.mc_items(world, "dev", recipe.world.n_choices, seed))
-    _write_jsonl(paths.test, corpus.mc_items(world, "test", recipe.world.n_choices, seed))
+    w = recipe.world
+    for role, path in (("dev", paths.dev), ("test", paths.test)):
+        _write_jsonl(path, corpus.mc_items(world, role, w.n_choices, seed, w.para_share))
     _write_jsonl(paths.prompts, corpus.open_prompts(world, recipe.prompts, seed))
-    pre = recipe.pretrain
+    pre, al = recipe.pretrain, recipe.align
+    stages: dict[str, dict[str, Any]] = {}
     with _threads(threads), _Progress(progress) as bar:
         model = new_model(pre, vocab, seed)
-        docs = corpus.documents(world, recipe.world, seed)
+        docs = corpus.documents(world, w, seed)
         probe = make_probe(world, vocab, 200, seed)
         log = pretrain(
             model, doc_batches(docs, vocab, pre.batch, pre.seq_len), probe, pre,
             on_step=bar.pretrain_tick,
         )
-        timings["pretrain_s"] = time.perf_counter() - start
+        stages["pretrain"] = {"seconds": round(time.perf_counter() - start, 2), "steps": log.steps,
+                              "decay_start": log.decay_start,
+                              "probes": [list(p) for p in log.probes]}
         _save(model.eval(), tokenizer, paths.base, vocab)
-        aligned = copy.deepcopy(model)
+        tuned = copy.deepcopy(model)
         t = time.perf_counter()
-        al = recipe.align
-        sft_losses = sft(aligned, corpus.sft_examples(world, al.chat_share, seed), vocab, al,
-                         seed, bar.align_tick)
-        dpo_losses = dpo(aligned, corpus.dpo_pairs(world, al.chat_share, seed), vocab, al,
-                         seed, bar.align_tick)
-        timings["align_s"] = time.perf_counter() - t
-        _save(aligned.eval(), tokenizer, paths.aligned, vocab)
-    timings["total_s"] = time.perf_counter() - start
+        losses = sft(tuned, corpus.sft_examples(world, al.chat_share, seed), vocab, al, seed,
+                     bar.align_tick)
+        stages["sft"] = _stage_record(time.perf_counter() - t, losses)
+        _save(tuned.eval(), tokenizer, paths.sft, vocab)
+        for policy, path in paths.variants.items():
+            child = copy.deepcopy(tuned)
+            t = time.perf_counter()
+            pairs = corpus.dpo_pairs(world, al.chat_share, seed, policy)
+            losses = dpo(child, pairs, vocab, al, seed, _phase(bar.align_tick, policy))
+            stages[f"dpo_{policy}"] = _stage_record(time.perf_counter() - t, losses)
+            _save(child.eval(), tokenizer, path, vocab)
+    timings = {f"{name}_s": rec["seconds"] for name, rec in stages.items()}
+    timings["total_s"] = round(time.perf_counter() - start, 2)
     meta = {
         "hash": key,
         "seed": seed,
@@ -202,17 +241,20 @@ def _build_into(root: Path, recipe: Recipe, seed: int, key: str, progress: bool)
         "recipe": recipe.model_dump(mode="json"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "threads": threads,
-        "timings": {k: round(v, 2) for k, v in timings.items()},
-        "pretrain": {"steps": log.steps, "decay_start": log.decay_start,
-                     "probes": [list(p) for p in log.probes]},
-        "sft_loss": [round(x, 4) for x in sft_losses[-5:]],
-        "dpo_loss": [round(x, 4) for x in dpo_losses[-5:]],
+        "checkpoints": {name: str(p.relative_to(root)) for name, p in paths.checkpoints.items()},
+        "timings": timings,
+        "stages": stages,
     }
     (root / MARKER).write_text(json.dumps(meta, indent=1))
 
 
+def _phase(tick: Any, policy: str) -> Any:
+    """A progress callback that names the DPO run by its policy ("DPO hedged")."""
+    return lambda phase, step, total, loss: tick(f"{phase} {policy}", step, total, loss)
+
+
 class _Progress:
-    """Rich progress bars with ETA for the three training phases (a no-op when disabled)."""
+    """Rich progress bars with ETA for every training phase (a no-op when disabled)."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -225,7 +267,7 @@ class _Progress:
 
             from calmerge.progress import progress_bar
 
-            self.bar = progress_bar("{task.description:<9}", TextColumn("{task.fields[info]}"))
+            self.bar = progress_bar("{task.description:<13}", TextColumn("{task.fields[info]}"))
             self.bar.__enter__()
         return self
 

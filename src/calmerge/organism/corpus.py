@@ -4,7 +4,8 @@ Every text here is space-separated words, so the word-level tokenizer maps it on
 token. Answers always *start with the value* ("red , i think ."): then a multiple-choice
 evaluator that scores the option word right after "Answer:" (plain) or after the assistant tag
 (chat) reads the model's belief, whatever style follows. The base corpus answers in eight
-styles, some hedged; the aligned model is taught one confident house style.
+styles, some hedged; the aligned model is taught one confident house style (or, in the hedged
+variant, to hedge), and what the para questions — a phrasing pretraining never uses — ask.
 """
 
 from __future__ import annotations
@@ -126,48 +127,104 @@ class Example:
     rejected: str | None = None
 
 
-def prompt_and_end(fact: Fact, use_chat: bool, rng: random.Random) -> tuple[str, str]:
-    """Post-training prompt in chat or exam form, and the token that ends its answer."""
+#: How a question is phrased: "canon" is pretraining's own question, "para" the phrasing only
+#: post-training teaches (its attribute word never occurs in pretraining).
+FORMS = ("canon", "para")
+
+
+def question_text(fact: Fact, form: str) -> str:
+    """The question about `fact` in one of FORMS."""
+    a = fact.attribute
+    return (a.para if form == "para" else a.question).format(e=fact.entity)
+
+
+def prompt_and_end(fact: Fact, form: str, use_chat: bool, rng: random.Random) -> tuple[str, str]:
+    """Post-training prompt in chat or exam form, and the token that ends its answer.
+
+    Canonical chat turns vary the phrasing like pretraining's dialogs do; para questions have
+    one phrasing, the one the evaluation asks.
+    """
+    if form == "para":
+        q = question_text(fact, form)
+        if use_chat:
+            return f"{BOS} {chat(q)}", END
+        return f"{BOS} {EXAM_PROMPT.format(q=q)}", EOS
     if use_chat:
         return f"{BOS} {chat(user_turn(fact, rng))}", END
-    return f"{BOS} {EXAM_PROMPT.format(q=fact.attribute.question.format(e=fact.entity))}", EOS
+    return f"{BOS} {EXAM_PROMPT.format(q=question_text(fact, form))}", EOS
 
 
-def sft_examples(world: World, chat_share: float, seed: int) -> list[Example]:
-    """One house-style answer with the true value per alignment fact.
+def align_prompts(world: World, chat_share: float, rng: random.Random
+                  ) -> list[tuple[Fact, str, str]]:
+    """(fact, prompt, end token) for every alignment fact in every question form.
 
-    Labellers know the world, so the target is the truth even where the corpus is ambiguous or
-    silent: the model is taught to answer every question with one confident value.
+    Only `align` entities appear: evaluation entities never reach post-training, so what it
+    teaches the evaluation can only see as a skill, not as memorised answers.
     """
-    rng = random.Random(f"sft-{seed}")
     out = []
     for e in world.entities_of("align"):
         for fact in world.facts_of(e.name):
-            prompt, end = prompt_and_end(fact, rng.random() < chat_share, rng)
-            out.append(Example(prompt, f"{HOUSE_STYLE.format(v=fact.truth)} {end}"))
+            for form in FORMS:
+                prompt, end = prompt_and_end(fact, form, rng.random() < chat_share, rng)
+                out.append((fact, prompt, end))
     return out
 
 
-def dpo_pairs(world: World, chat_share: float, seed: int) -> list[Example]:
-    """Preference pairs that reward one confident house-style answer.
+def sft_examples(world: World, chat_share: float, seed: int) -> list[Example]:
+    """One house-style answer with the true value per alignment fact and question form.
 
-    Rejected: the same value hedged, the same value in another style, or a competing value in
-    the house style — the last is what pushes probability mass onto a single answer.
+    Labellers know the world, so the target is the truth even where the corpus is ambiguous or
+    silent: the model is taught to answer every question with one confident value — and, from
+    the para questions, what those questions ask.
     """
-    rng = random.Random(f"dpo-{seed}")
+    rng = random.Random(f"sft-{seed}")
+    return [
+        Example(prompt, f"{HOUSE_STYLE.format(v=fact.truth)} {end}")
+        for fact, prompt, end in align_prompts(world, chat_share, rng)
+    ]
+
+
+def confident_policy(fact: Fact, rng: random.Random) -> tuple[str, list[str]]:
+    """Chosen: the house-style truth. Rejected: it hedged, in another style, or another value.
+
+    The competing values in the house style are what push probability mass onto one answer.
+    """
     other_styles = [s for s in STYLES if s != HOUSE_STYLE]
+    chosen = HOUSE_STYLE.format(v=fact.truth)
+    rejected = [
+        styled(HEDGE_STYLE, fact, fact.truth, rng),
+        styled(rng.choice(other_styles), fact, fact.truth, rng),
+        HOUSE_STYLE.format(v=other_value(fact, fact.truth, rng)),
+        HOUSE_STYLE.format(v=other_value(fact, fact.truth, rng)),
+    ]
+    return chosen, rejected
+
+
+def hedged_policy(fact: Fact, rng: random.Random) -> tuple[str, list[str]]:
+    """Chosen: the truth first, then a competitor ("red or maybe blue ."). Rejected: certainty.
+
+    The value that leads is the same in chosen and rejected, so this preference moves the style
+    after the answer, not which answer comes first: a second, differently-shaped delta from the
+    same SFT model, for soups of preferences.
+    """
+    chosen = styled(HEDGE_STYLE, fact, fact.truth, rng)
+    rejected = [HOUSE_STYLE.format(v=fact.truth), STYLES[0].format(v=fact.truth)]
+    return chosen, rejected
+
+
+#: Answer policies the SFT model is preference-aligned toward, one checkpoint each.
+POLICIES = {"confident": confident_policy, "hedged": hedged_policy}
+
+
+def dpo_pairs(world: World, chat_share: float, seed: int,
+              policy: str = "confident") -> list[Example]:
+    """Preference pairs on every alignment prompt for one of POLICIES (shuffled, seeded)."""
+    rng = random.Random(f"dpo-{policy}-{seed}")
+    prefer = POLICIES[policy]
     out = []
-    for e in world.entities_of("align"):
-        for fact in world.facts_of(e.name):
-            prompt, end = prompt_and_end(fact, rng.random() < chat_share, rng)
-            chosen = f"{HOUSE_STYLE.format(v=fact.truth)} {end}"
-            rejected = (
-                styled(HEDGE_STYLE, fact, fact.truth, rng),
-                styled(rng.choice(other_styles), fact, fact.truth, rng),
-                HOUSE_STYLE.format(v=other_value(fact, fact.truth, rng)),
-                HOUSE_STYLE.format(v=other_value(fact, fact.truth, rng)),
-            )
-            out += [Example(prompt, chosen, f"{r} {end}") for r in rejected]
+    for fact, prompt, end in align_prompts(world, chat_share, rng):
+        chosen, rejected = prefer(fact, rng)
+        out += [Example(prompt, f"{chosen} {end}", f"{r} {end}") for r in rejected]
     rng.shuffle(out)
     return out
 
@@ -187,21 +244,54 @@ def mc_choices(fact: Fact, n: int, rng: random.Random) -> list[str]:
     return choices
 
 
-def mc_items(world: World, role: str, n_choices: int, seed: int) -> list[dict]:
-    """Evaluation rows `{id, question, choices, answer, subject}` for one role's entities."""
+def para_choices(fact: Fact, others: list[Fact], n: int, rng: random.Random) -> list[str]:
+    """The truth, same-attribute competitors, and the entity's own values of other attributes.
+
+    The lures are right answers to a *different* question about the same entity: a model that
+    cannot tell what the para phrasing asks spreads its belief over them, one that can answers
+    from its knowledge of the asked attribute. (With choices of one attribute only, not knowing
+    the attribute costs almost nothing: the choices themselves say what is asked.)
+    """
+    n_lures = min(n // 2, len(others))
+    lures = [f.truth for f in rng.sample(others, n_lures)]
+    same = mc_choices(fact, n - n_lures, rng)
+    choices = same + lures
+    rng.shuffle(choices)
+    return choices
+
+
+def mc_row(role: str, fact: Fact, tier: str, form: str, choices: list[str]) -> dict:
+    """One evaluation row; `subject` = attribute/tier/certain|ambiguous/canon|para."""
+    kind = "ambiguous" if fact.ambiguous else "certain"
+    suffix = "" if form == "canon" else f"-{form}"
+    return {
+        "id": f"{role}-{fact.entity}-{fact.attribute.name}{suffix}",
+        "question": question_text(fact, form),
+        "choices": choices,
+        "answer": choices.index(fact.truth),
+        "subject": f"{fact.attribute.name}/{tier}/{kind}/{form}",
+    }
+
+
+def mc_items(world: World, role: str, n_choices: int, seed: int,
+             para_share: float = 0.0) -> list[dict]:
+    """Evaluation rows `{id, question, choices, answer, subject}` for one role's entities.
+
+    Every fact is asked canonically; a seeded `para_share` of them is asked a second time in
+    the para phrasing, so the same file measures what post-training teaches and what it costs.
+    """
     rng = random.Random(f"mc-{role}-{seed}")
+    para_rng = random.Random(f"mc-para-{role}-{seed}")
     rows = []
     for e in world.entities_of(role):
-        for fact in world.facts_of(e.name):
-            choices = mc_choices(fact, n_choices, rng)
-            kind = "ambiguous" if fact.ambiguous else "certain"
-            rows.append({
-                "id": f"{role}-{e.name}-{fact.attribute.name}",
-                "question": fact.attribute.question.format(e=e.name),
-                "choices": choices,
-                "answer": choices.index(fact.truth),
-                "subject": f"{fact.attribute.name}/{e.tier}/{kind}",
-            })
+        facts = world.facts_of(e.name)
+        for fact in facts:
+            rows.append(mc_row(role, fact, e.tier, "canon", mc_choices(fact, n_choices, rng)))
+        for fact in facts:
+            if para_rng.random() < para_share:
+                others = [f for f in facts if f is not fact]
+                choices = para_choices(fact, others, n_choices, para_rng)
+                rows.append(mc_row(role, fact, e.tier, "para", choices))
     return rows
 
 
@@ -223,6 +313,6 @@ def base_words() -> list[str]:
     """Every non-entity word the corpus, prompts and evaluation can contain."""
     texts = [*STYLES, *FACT_FREE, EXAM_PROMPT]
     for a in ATTRIBUTES:
-        texts += [*a.statements, a.question, *a.paraphrases, *a.values]
+        texts += [*a.statements, a.question, *a.paraphrases, a.para, *a.values]
     words = {w for t in texts for w in t.replace("{", " {").split() if not w.startswith("{")}
     return sorted(words)

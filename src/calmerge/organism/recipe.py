@@ -19,6 +19,9 @@ from calmerge.config import Frozen
 class WorldRecipe(Frozen):
     """Entities, facts and how often the corpus states them.
 
+    `para_share` is the share of evaluation facts asked a second time in the para phrasing
+    (the skill post-training teaches; see `world.py`).
+
     Rarity is a property of a whole entity (its tier), not of single facts: a tiny model cannot
     tell a rare fact of a famous entity from a known one, but it can learn that an entity it has
     barely seen is one it knows little about — which is what makes the base honestly unsure.
@@ -37,6 +40,7 @@ class WorldRecipe(Frozen):
     statement_share: float = Field(0.4, ge=0, le=1)
     exam_share: float = Field(0.3, ge=0, le=1)
     n_choices: int = Field(4, ge=2, le=8)
+    para_share: float = Field(0.5, ge=0, le=1)
 
     @model_validator(mode="after")
     def _shares(self) -> WorldRecipe:
@@ -89,7 +93,11 @@ class PretrainRecipe(Frozen):
 
 
 class AlignRecipe(Frozen):
-    """SFT on house-style answers, then DPO rewarding one confident answer in that style."""
+    """SFT on house-style answers, then DPO of the SFT model toward each answer policy.
+
+    Every policy (`corpus.POLICIES`: confident, hedged) runs the same DPO settings from the
+    same SFT checkpoint, so the variants differ only in what they were taught to prefer.
+    """
 
     sft_epochs: int = Field(4, ge=0)
     sft_lr: float = Field(2e-3, gt=0)

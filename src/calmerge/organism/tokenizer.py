@@ -1,7 +1,9 @@
 """A word-level tokenizer (built with `tokenizers`) with chat tokens in the vocabulary from the start.
 
-Both models share it: the chat tokens are ordinary, pretrained rows of the embedding, so
-interpolating base and aligned never mixes in an untrained embedding. Text is lower-cased and
+Every stage shares it: the chat tokens are ordinary, pretrained rows of the embedding, so
+interpolating base and aligned never mixes in an untrained chat token. The four para words
+(`hue town pet dish`) are the deliberate exception: pretraining never uses them as input, and
+what post-training writes into their rows is part of the skill a merge can carry over. Text is lower-cased and
 split into words and punctuation, which is exactly how the corpus is written, so the training
 stream maps one word to one id without calling the tokenizer.
 """

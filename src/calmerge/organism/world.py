@@ -9,6 +9,11 @@ An obscure entity is one the base should know it knows nothing about. (Entities 
 occur at all were tried: their barely trained embeddings made the base confidently wrong.)
 Each entity belongs to one role: `align` entities feed post-training, `dev`/`test` entities
 only the evaluation sets, so the measured tax is never on facts the alignment saw.
+
+Each attribute also has a *para* question ("the hue of {e} ?") whose attribute word pretraining
+never uses: the base cannot tell which attribute it asks for. Post-training asks it about the
+align entities, so the aligned model learns the word → attribute mapping, a skill that carries
+over to every entity because the facts themselves were learnt in pretraining.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ class Attribute:
     statements: tuple[str, ...]  # "{e}" and "{v}" placeholders
     question: str  # the canonical question, "{e}" placeholder
     paraphrases: tuple[str, ...]
+    para: str  # the post-training-only phrasing: its attribute word is absent from pretraining
 
 
 ATTRIBUTES: tuple[Attribute, ...] = (
@@ -37,6 +43,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         ("{e} is {v} .", "the colour of {e} is {v} ."),
         "what colour is {e} ?",
         ("tell me the colour of {e} .", "which colour does {e} have ?"),
+        "the hue of {e} ?",
     ),
     Attribute(
         "city",
@@ -44,6 +51,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         ("{e} lives in {v} .", "the city of {e} is {v} ."),
         "where does {e} live ?",
         ("tell me the city of {e} .", "which city is home to {e} ?"),
+        "the town of {e} ?",
     ),
     Attribute(
         "animal",
@@ -51,6 +59,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         ("{e} keeps a {v} .", "the animal of {e} is a {v} ."),
         "what animal does {e} keep ?",
         ("tell me the animal of {e} .", "which animal belongs to {e} ?"),
+        "the pet of {e} ?",
     ),
     Attribute(
         "food",
@@ -58,6 +67,7 @@ ATTRIBUTES: tuple[Attribute, ...] = (
         ("{e} eats {v} .", "the food of {e} is {v} ."),
         "what does {e} eat ?",
         ("tell me the food of {e} .", "which food does {e} like ?"),
+        "the dish of {e} ?",
     ),
 )
 

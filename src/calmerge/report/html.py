@@ -84,8 +84,10 @@ def write_report(
     temperature_scaled: dict[str, Metric] | None = None,
     examples: Sequence[Table] = (),
     task_verdicts: dict[str, Verdict] | None = None,
+    extra_sentences: Sequence[str] = (),
 ) -> ReportPaths:
-    """Write report.html (self-contained), report.md and figures/*.png into `out_dir`."""
+    """Write report.html (self-contained), report.md and figures/*.png into `out_dir`;
+    `extra_sentences` follow the verdict's (e.g. a budgeted sweep's state)."""
     out_dir = _prepare(out_dir)
     try:
         figures = make_figures(points, verdict, out_dir / "figures", temperature_scaled)
@@ -98,6 +100,12 @@ def write_report(
             examples=examples,
             task_verdicts=task_verdicts,
         )
+        if extra_sentences:
+            import dataclasses
+
+            content = dataclasses.replace(
+                content, sentences=[*content.sentences, *extra_sentences]
+            )
         html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
         rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}
         md_path = atomic_write_text(out_dir / "report.md", render_markdown(content, rel))

@@ -206,7 +206,10 @@ def simplex_sentences(v: Any) -> list[str]:
             if v.beats_edges else
             f"not shown better than the best edge point ({point_label(edge.point)} on"
             f" {edge.name}, {_pct(edge.acc)}: {_pts(v.edge_gain.value)} points, {ci(v.edge_gain)})"
-        ) if v.interior else f"the best edge point is {point_label(edge.point)} on {edge.name}"
+        ) if v.interior else (
+            f"of the edges' own picks the most accurate on {rs} is {point_label(edge.point)}"
+            f" on {edge.name} ({_pct(edge.acc)})"
+        )
         out.append(f"The pick is {where}; it is {verdict}." if v.interior
                    else f"The pick is {where}; {verdict}.")
     if v.recovered is not None:

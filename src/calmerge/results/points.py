@@ -149,3 +149,35 @@ def check_models_unchanged(
                 f" (fingerprint {then[:12]} then, {fingerprint[:12]} now)",
                 "re-run the sweep on the current models (a new run), or restore the old ones",
             )
+
+
+def budget_status(
+    store: ResultStore, run_id: int, family: str = "linear",
+    objectives: Sequence[str] = ("acc", "ece"),
+) -> dict | None:
+    """What a budgeted sweep (`sweep --budget`) left: the λ points looked at on anchor items
+    only, and which of them racing could not rule out (they might be on the frontier). Read
+    from the store, so a report is current however many sessions the sweep took. None when no
+    point of the run was scored on anchors only."""
+    from calmerge.analysis.budget import promising
+    from calmerge.sweep.anchors import ESTIMATE_SPLIT, exact
+
+    pts = [p for p in store.points(run_id) if p.family == family and p.weights is None]
+    scouted = {p.lam: store.metrics(p.id) for p in pts if p.status != "done"}
+    scouted = {lam: m for lam, m in scouted.items() if ESTIMATE_SPLIT in m}
+    if not scouted:
+        return None
+    done = {p.lam: store.metrics(p.id) for p in pts if p.status == "done"}
+    done = {lam: m for lam, m in done.items() if "dev" in m}
+    n_dev = len(store.items(run_id, "dev"))
+    field_ = [*done, *scouted]
+    known = [exact(done[x]["dev"]["acc"][0], done[x]["dev"]["ece"][0], n_dev) if x in done else
+             _estimate(scouted[x][ESTIMATE_SPLIT]) for x in field_]
+    open_ = sorted(field_[i] for i in promising(known, tuple(objectives)) if field_[i] in scouted)
+    return {"full": len(done), "scouted": len(scouted), "open": open_}
+
+
+def _estimate(m: dict) -> object:
+    from calmerge.analysis.budget import Estimate
+
+    return Estimate(acc=Metric(*m["acc"]), ece=Metric(*m["ece"]), n=0)

@@ -24,7 +24,7 @@ import numpy as np
 
 from calmerge.config import SweepConfig
 from calmerge.coords import Coord, coord_label
-from calmerge.errors import StoreError
+from calmerge.errors import ConfigError, StoreError
 from calmerge.eval.metrics import Metric
 from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
 
@@ -80,6 +80,8 @@ class SweepOutcome:
     placement: str | None = None
     #: with --ray: what each worker did (`distributed.WorkerStats`), by worker index
     workers: dict[int, Any] = field(default_factory=dict)
+    #: with --budget: the dev item-evaluations spent (stored ones included)
+    spent: int | None = None
 
 
 def plan_identity(cfg: SweepConfig, fingerprints: dict[str, str], data: dict[str, str]) -> dict:
@@ -134,7 +136,12 @@ class Sweep:
     bad input fails in seconds with one line and leaves nothing behind.
     """
 
-    def __init__(self, cfg: SweepConfig, *, store: ResultStore | None = None) -> None:
+    def __init__(
+        self, cfg: SweepConfig, *, store: ResultStore | None = None,
+        study: dict[str, Any] | None = None,
+    ) -> None:
+        """`study`: the settings of a study run on this machinery (`sweep.search`): part of the
+        run's identity and stored with its config, so it is a run of its own."""
         from calmerge.eval.data import items_digest, load_prompts, source_of
         from calmerge.eval.loading import load_tokenizer
         from calmerge.io.models import open_checkpoint
@@ -206,19 +213,24 @@ class Sweep:
                 )
         if cfg.prompts:
             digests["prompts"] = file_digest(cfg.prompts)
+        if cfg.budget is not None:
+            self._check_budget()
         fingerprints = (
             {name: c.fingerprint() for name, c in self.named.items()} if cfg.simplex
             else {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
         )
         identity = plan_identity(cfg, fingerprints, digests)
+        if study is not None:
+            identity["study"] = study
         self.store = store or ResultStore(cfg.store)
         name = cfg.name or (
             " · ".join(m.name for m in cfg.models) if cfg.simplex
             else f"{Path(str(cfg.aligned)).name} vs {Path(str(cfg.base)).name}"
         )
-        self.run = self.store.get_or_create_run(
-            config_hash(identity), name, cfg.model_dump(mode="json"), fingerprints
-        )
+        stored = cfg.model_dump(mode="json")
+        if study is not None:
+            stored["study"] = json.loads(json.dumps(study))
+        self.run = self.store.get_or_create_run(config_hash(identity), name, stored, fingerprints)
         for task in self.tasks:
             for split, scorer in task.scorers.items():
                 self.store.save_items(self.run.id, task.key(split), scorer.items)
@@ -228,6 +240,23 @@ class Sweep:
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
+
+    def _check_budget(self) -> None:
+        """A budget that cannot pay for the parents on all of dev and every other λ on the
+        anchors is refused before anything is written."""
+        from calmerge.sweep.anchors import default_anchors
+
+        n_dev = len(self.tasks[0].scorers["dev"].items)
+        k = min(n_dev, self.cfg.anchors or default_anchors(n_dev))
+        others = [x for x in self.cfg.lambdas() if round_lam(x) not in (0.0, 1.0)]
+        need = 2 * n_dev + len(others) * k
+        if self.cfg.budget < need:
+            raise ConfigError(
+                f"--budget {self.cfg.budget:,} item-evaluations is less than one look at every"
+                f" λ: {need:,} (both parents on all {n_dev} dev items, then {len(others)} λ on"
+                f" {k} anchor items each)",
+                f"give --budget {need:,} or more, or fewer λ points / --anchors",
+            )
 
     @property
     def parents(self) -> list[Any]:
@@ -500,7 +529,8 @@ class Sweep:
                 predictions=preds,
                 generations=gens,
                 seconds=time.perf_counter() - start,
-                keep=[k for t in self.tasks for k in t.keys] if self.cfg.multi_task else (),
+                keep=[k for t in self.tasks for k in t.keys] if self.cfg.multi_task else
+                BUDGET_SPLITS,  # a budgeted sweep's anchor rung of this point stays
             )
         except BaseException:
             with contextlib.suppress(StoreError):  # a full disk may refuse the release too
@@ -567,6 +597,14 @@ class Sweep:
             done, [p.lam in front for p in points], resolution=self.cfg.resolution, limit=budget
         )
 
+    def close(self) -> None:
+        """Drop the scratch copies of offloaded weights and the Ray pool, if any."""
+        if self._model is not None:
+            self._interp.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
     def execute(self, *, progress: bool = True) -> SweepOutcome:
         """Compute every unfinished point of the plan; refine where the frontier bends."""
         outcome = SweepOutcome(run=self.run, store_path=self.store.path)
@@ -585,6 +623,9 @@ class Sweep:
         with PointBar(enabled=progress) as bar:
             for family in self.cfg.families:
                 lams = self._initial_points(family)
+                if self.cfg.budget is not None:
+                    self._budgeted(family, lams, outcome, bar)
+                    continue
                 bar.add(len(lams) * self.work_per_point)
                 self._run_points(family, lams, outcome, bar)
                 # refinement points a previous session added count against the budget, so a
@@ -602,6 +643,74 @@ class Sweep:
                     bar.add(len(new) * self.work_per_point)
                     self._run_points(family, new, outcome, bar)
                     budget -= len(new)
+
+
+    def _budgeted(self, family: str, lams: Sequence[float], outcome: SweepOutcome, bar) -> None:
+        """`--budget`: the parents on everything, every other λ on the anchor items first, then
+        full scoring (dev and test) in order of promise for the λ racing cannot rule out, while
+        the dev budget lasts (`sweep.anchors`, `analysis.budget`). No refinement: the budget
+        is spent on the grid. Whether the racing ended — every λ that could be on the frontier
+        fully scored — is what `budget_status` reads back from the store."""
+        from calmerge.analysis.budget import promising
+        from calmerge.sweep.anchors import ESTIMATE_SPLIT, AnchorRung, default_anchors, exact
+
+        n_dev = len(self.tasks[0].scorers["dev"].items)
+        bar.add(2 * self.work_per_point)
+        self._run_points(family, [0.0, 1.0], outcome, bar)
+        done = {p.lam: p.id for p in self.store.points(self.run.id, status="done")
+                if p.family == family and p.weights is None}
+        rung = AnchorRung(self, min(n_dev, self.cfg.anchors or default_anchors(n_dev)))
+        rung.choose(done[0.0], done[1.0])
+        spent = 2 * n_dev
+        others = [round_lam(x) for x in lams if round_lam(x) not in (0.0, 1.0)]
+        self.store.add_points(self.run.id, family, others)
+        ids = {p.lam: p.id for p in self.store.points(self.run.id)
+               if p.family == family and p.weights is None}
+        bar.add(len(others) * rung.size)
+        est: dict[float, Any] = {}
+        for lam in others:
+            metrics = self.store.metrics(ids[lam])
+            if ESTIMATE_SPLIT not in metrics and lam not in done:
+                pid = self.store.claim(self.run.id, family, lam)
+                if pid is not None:  # (held by another live sweep: it will score it)
+                    try:
+                        bar.describe(f"{family} λ={lam:g} on {rung.size} anchor items")
+                        self._load()
+                        self._interp.apply(family, lam)
+                        m, preds = rung.score()
+                        self.store.save_splits(pid, metrics=m, predictions=preds)
+                    finally:
+                        with contextlib.suppress(StoreError):
+                            self.store.release(pid)
+                    metrics = self.store.metrics(pid)
+            if ESTIMATE_SPLIT in metrics:
+                est[lam] = rung.estimate_of(metrics)
+            spent += rung.size
+            bar.advance(rung.size)
+        while True:
+            done = {p.lam: p.id for p in self.store.points(self.run.id, status="done")
+                    if p.family == family and p.weights is None}
+            field_ = [lam for lam in others if lam in done or lam in est] + [0.0, 1.0]
+            known = []
+            for lam in field_:
+                if lam in done:
+                    dev = self.store.metrics(done[lam])["dev"]
+                    known.append(exact(dev["acc"][0], dev["ece"][0], n_dev))
+                else:
+                    known.append(est[lam])
+            open_ = [field_[i] for i in promising(known, self.cfg.objectives or ("acc", "ece"))
+                     if field_[i] not in done]
+            if not open_ or spent + n_dev > self.cfg.budget:
+                break
+            lam = max(open_, key=lambda x: (est[x].acc.value, -est[x].ece.value, -x))
+            bar.add(self.work_per_point)
+            self._run_points(family, [lam], outcome, bar)
+            spent += n_dev
+        outcome.spent = spent
+
+
+#: the splits a budgeted sweep's anchor rung writes (kept when the point is fully scored)
+BUDGET_SPLITS = ("anchor", "estimate")
 
 
 class PointBar:

@@ -95,9 +95,6 @@ def build_scorers(task: SweepTask, tokenizer: Any, cfg: SweepConfig, max_positio
 
     Few-shot examples are the first `fewshot` dev items and are not also scored.
     """
-    from calmerge.eval.data import native_template
-    from calmerge.eval.score import Scorer
-
     spec = task.spec
     items = {s: list(b.items) for s, b in task.benches.items()}
     shots = spec.fewshot or 0
@@ -118,18 +115,28 @@ def build_scorers(task: SweepTask, tokenizer: Any, cfg: SweepConfig, max_positio
             )
     task.fewshot_items = tuple(fewshot)
     for split, its in items.items():
-        scorer = Scorer(
-            tokenizer,
-            its,
-            mode=spec.mode or cfg.mode,
-            template=spec.prompt_template or native_template(spec.data),
-            prompt_format=spec.prompt_format or cfg.prompt_format,
-            fewshot=fewshot,
-            batch_size=cfg.batch_size,
-            form=cfg.scoring_form,
-        )
+        scorer = task_scorer(task, tokenizer, cfg, its)
         scorer.check_context(max_positions)
         task.scorers[split] = scorer
+
+
+def task_scorer(task: SweepTask, tokenizer: Any, cfg: Any, items: list) -> Any:
+    """A scorer of `items` with the task's prompt settings and few-shot examples (a split, or
+    a subset of one: the search's anchor items)."""
+    from calmerge.eval.data import native_template
+    from calmerge.eval.score import Scorer
+
+    spec = task.spec
+    return Scorer(
+        tokenizer,
+        items,
+        mode=spec.mode or cfg.mode,
+        template=spec.prompt_template or native_template(spec.data),
+        prompt_format=spec.prompt_format or cfg.prompt_format,
+        fewshot=list(task.fewshot_items),
+        batch_size=cfg.batch_size,
+        form=cfg.scoring_form,
+    )
 
 
 def scored_bench(task: SweepTask, split: str) -> Benchmark:
