@@ -211,3 +211,24 @@ def test_a_budgeted_sweep_scores_on_anchors_first_and_says_what_it_left(
     # either racing ruled out what it did not score, or it scored every λ (then no sentence)
     assert (text is None and rich.computed == lams) or "racing ruled each of those out" in text
     assert rich.verdict.pick.lam == full.verdict.pick.lam
+
+
+def test_without_pymoo_the_search_says_how_to_get_it(deep_pair, search_data, tmp_path,
+                                                      monkeypatch):
+    import builtins
+
+    from calmerge.errors import ConfigError
+    from calmerge.sweep.search import Search
+
+    real = builtins.__import__
+
+    def no_pymoo(name, *a, **kw):
+        if name == "pymoo" or name.startswith("pymoo."):
+            raise ImportError(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_pymoo)
+    with pytest.raises(ConfigError, match="needs pymoo") as exc:
+        Search(_cfg(deep_pair, search_data, tmp_path))
+    assert "calmerge[search]" in exc.value.hint
+    assert not (tmp_path / "runs.db").exists()

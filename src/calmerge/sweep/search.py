@@ -43,6 +43,17 @@ from calmerge.sweep.anchors import AnchorRung, default_anchors, exact
 FAMILY = "linear"
 
 
+def import_pymoo() -> None:
+    """pymoo is the optional extra `[search]`: its absence is one line, before any work."""
+    try:
+        import pymoo  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "calmerge search needs pymoo (NSGA-II), which is not installed",
+            "pip install 'calmerge[search]'",
+        ) from None
+
+
 def default_budget(n_dev: int) -> int:
     """40 full-dev evaluations' worth of item-evaluations."""
     return 40 * n_dev
@@ -117,6 +128,7 @@ class Search:
 
         self.cfg = cfg
         self.progress = progress
+        import_pymoo()
         self.space = parse_space(cfg.space)
         # everything that can be refused is refused before the sweep machinery writes a store
         base = open_checkpoint(cfg.base, allow_pickle=cfg.allow_pickle,
