@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from calmerge.analysis.pareto import Point, default_objectives, same_point, value_of
+from calmerge.analysis.pareto import Point, same_point, value_of
 from calmerge.analysis.pick import pick
-from calmerge.analysis.verdict import paired_gain_over
+from calmerge.analysis.verdict import choose, paired_gain_over
 from calmerge.coords import Weights
 from calmerge.errors import ConfigError
 from calmerge.eval.metrics import Metric
@@ -108,16 +108,10 @@ def simplex_verdict(
     """
     from calmerge.analysis.pareto import recovered_fraction
 
-    splits = {s for p in points for s in p.metrics}
-    if report_split not in splits:
-        raise ConfigError(
-            f"no point was evaluated on split '{report_split}'",
-            f"splits present: {', '.join(sorted(splits)) or 'none'}",
-        )
-    chosen_on_report = select_split not in splits or select_split == report_split
-    sel = report_split if chosen_on_report else select_split
-    objs = tuple(objectives) if objectives else default_objectives(points, sel)
-    chosen = pick(points, rule, split=sel, objectives=objs)
+    chosen, sel, objs, chosen_on_report = choose(
+        points, select_split=select_split, report_split=report_split, rule=rule,
+        objectives=objectives,
+    )
     family = chosen.family
     geo = geometry_of(family, names, upper)
     mine = [p for p in points if p.family == family and p.mix is not None]

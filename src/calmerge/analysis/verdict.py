@@ -143,6 +143,25 @@ def _splits(points: Sequence[Point]) -> set[str]:
     return {s for p in points for s in p.metrics}
 
 
+def choose(
+    points: Sequence[Point], *, select_split: str, report_split: str, rule: str,
+    objectives: Sequence[str] | None,
+) -> tuple[Point, str, tuple[str, ...], bool]:
+    """(pick, the split it was chosen on, objectives, chosen on the report split?): the pick
+    on the select split, or on the report split when there is no other (every verdict —
+    λ sweep, simplex — chooses this one way)."""
+    splits = _splits(points)
+    if report_split not in splits:
+        raise ConfigError(
+            f"no point was evaluated on split '{report_split}'",
+            f"splits present: {', '.join(sorted(splits)) or 'none'}",
+        )
+    chosen_on_report = select_split not in splits or select_split == report_split
+    sel = report_split if chosen_on_report else select_split
+    objs = tuple(objectives) if objectives else default_objectives(points, sel)
+    return pick(points, rule, split=sel, objectives=objs), sel, objs, chosen_on_report
+
+
 def verdict(
     points: Sequence[Point],
     *,
@@ -162,16 +181,10 @@ def verdict(
     split is missing (no dev set) the pick is chosen on the report split, and the verdict says
     so (`chosen_on_report_split`), because its numbers are then optimistically biased.
     """
-    splits = _splits(points)
-    if report_split not in splits:
-        raise ConfigError(
-            f"no point was evaluated on split '{report_split}'",
-            f"splits present: {', '.join(sorted(splits)) or 'none'}",
-        )
-    chosen_on_report = select_split not in splits or select_split == report_split
-    sel = report_split if chosen_on_report else select_split
-    objs = tuple(objectives) if objectives else default_objectives(points, sel)
-    chosen = pick(points, rule, split=sel, objectives=objs)
+    chosen, sel, objs, chosen_on_report = choose(
+        points, select_split=select_split, report_split=report_split, rule=rule,
+        objectives=objectives,
+    )
     base, aligned = parents(points)
     rs = report_split
 

@@ -106,11 +106,21 @@ def write_report(
             content = dataclasses.replace(
                 content, sentences=[*content.sentences, *extra_sentences]
             )
-        html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
-        rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}
-        md_path = atomic_write_text(out_dir / "report.md", render_markdown(content, rel))
+        return write_pages(out_dir, content, figures)
     except OSError as exc:
-        raise OutputError(
-            f"cannot write the report into '{out_dir}': {exc}", "check free space and permissions"
-        ) from None
+        raise _unwritable(out_dir, exc) from None
+
+
+def write_pages(out_dir: Path, content: ReportContent, figures: dict[str, Path]) -> ReportPaths:
+    """report.html (figures embedded) and report.md (figures linked) from one content: every
+    report kind (λ, simplex, search) is written by this one step."""
+    html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
+    rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}
+    md_path = atomic_write_text(out_dir / "report.md", render_markdown(content, rel))
     return ReportPaths(html=html_path, markdown=md_path, figures=figures)
+
+
+def _unwritable(out_dir: Path, exc: OSError) -> OutputError:
+    return OutputError(
+        f"cannot write the report into '{out_dir}': {exc}", "check free space and permissions"
+    )

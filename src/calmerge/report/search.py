@@ -165,10 +165,7 @@ def _lam_table(v: SearchVerdict) -> Table:
 def write_search_report(v: SearchVerdict, out_dir: Path, *, title: str, meta: dict[str, str],
                         study: dict[str, Any], n_layers: int):
     """Write report.html (self-contained), report.md and figures/*.png into `out_dir`."""
-    from calmerge.errors import OutputError
-    from calmerge.io.atomic import atomic_write_text
-    from calmerge.report.html import ReportPaths, _prepare, render_html
-    from calmerge.report.markdown import render_markdown
+    from calmerge.report.html import _prepare, _unwritable, write_pages
 
     out_dir = _prepare(out_dir)
     figs_dir = out_dir / "figures"
@@ -199,14 +196,9 @@ def write_search_report(v: SearchVerdict, out_dir: Path, *, title: str, meta: di
             legend="Green row: the most accurate frontier candidate; bold: the parents."
                    " Brackets are 95% bootstrap intervals.",
         )
-        html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
-        rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}
-        md_path = atomic_write_text(out_dir / "report.md", render_markdown(content, rel))
+        return write_pages(out_dir, content, figures)
     except OSError as exc:
-        raise OutputError(
-            f"cannot write the report into '{out_dir}': {exc}", "check free space and permissions"
-        ) from None
-    return ReportPaths(html=html_path, markdown=md_path, figures=figures)
+        raise _unwritable(out_dir, exc) from None
 
 
 def search_card(c: Candidate, v: SearchVerdict, study: dict[str, Any], *, run_id: int,

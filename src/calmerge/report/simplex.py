@@ -278,10 +278,7 @@ def write_simplex_report(
     title: str, meta: dict[str, str], upper: float = 1.0,
 ):
     """Write report.html (self-contained), report.md and figures/*.png into `out_dir`."""
-    from calmerge.errors import OutputError
-    from calmerge.io.atomic import atomic_write_text
-    from calmerge.report.html import ReportPaths, _prepare, render_html
-    from calmerge.report.markdown import render_markdown
+    from calmerge.report.html import _prepare, _unwritable, write_pages
 
     out_dir = _prepare(out_dir)
     try:
@@ -290,11 +287,6 @@ def write_simplex_report(
         )
         content = build_simplex_content(points, names, verdict, title=title, meta=meta)
         content = ReportContent(**{**content.__dict__, "captions": captions})
-        html_path = atomic_write_text(out_dir / "report.html", render_html(content, figures))
-        rel = {k: p.relative_to(out_dir).as_posix() for k, p in figures.items()}
-        md_path = atomic_write_text(out_dir / "report.md", render_markdown(content, rel))
+        return write_pages(out_dir, content, figures)
     except OSError as exc:
-        raise OutputError(
-            f"cannot write the report into '{out_dir}': {exc}", "check free space and permissions"
-        ) from None
-    return ReportPaths(html=html_path, markdown=md_path, figures=figures)
+        raise _unwritable(out_dir, exc) from None

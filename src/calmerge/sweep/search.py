@@ -284,10 +284,13 @@ class Search:
                     known[genome] = ev
                     evs.append(ev)
                     bar.advance(self.rung.size)
-                # racing: this generation against everything already scored on all of dev
+                # racing: this generation against everything already scored on all of dev,
+                # the parents included; the most promising (by estimate) promoted first
                 full = [e for e in known.values() if e.dev is not None]
-                field_ = [*evs, *[e for e in full if e not in evs]]
-                keep = promising([self._as_estimate(e) for e in field_], cfg.objectives)
+                field_ = [*evs, *[e for e in full if all(e is not x for x in evs)]]
+                bounds = [self._as_estimate(e) for e in field_] + self._parent_bounds()
+                keep = [i for i in promising(bounds, cfg.objectives) if i < len(field_)]
+                keep.sort(key=lambda i: self._fitness(field_[i]))  # pymoo's order: best first
                 for i in keep:
                     ev = field_[i]
                     if ev.dev is None and outcome.spent + self.n_dev <= self.budget:
@@ -302,6 +305,14 @@ class Search:
             outcome.evaluated = list(known.values())
             self._finish(outcome, bar)
         return outcome
+
+    def _parent_bounds(self) -> list[Any]:
+        """The parents' exact dev numbers: a candidate they dominate is not worth promoting."""
+        out = []
+        for lam in (0.0, 1.0):
+            dev = self.store.metrics(self._lam_point(lam))["dev"]
+            out.append(exact(dev["acc"][0], dev["ece"][0], self.n_dev))
+        return out
 
     def _as_estimate(self, ev: Evaluated) -> Any:
         """A candidate's numbers as racing sees them: exact (a zero-width interval) once it was
