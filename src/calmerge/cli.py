@@ -436,6 +436,7 @@ def search_cmd(
     population: Annotated[int | None, typer.Option(help="Candidates per generation (default 12).")] = None,
     anchors: Annotated[int | None, typer.Option(help="Anchor items a candidate is first scored on (default: 10% of dev, at least 16).")] = None,
     upper: Annotated[float | None, typer.Option(help="Largest λ a gene may take (default 1).")] = None,
+    promote: Annotated[float | None, typer.Option(help="At most this share of a generation is promoted to all dev items (default 0.25).")] = None,
     dtype: Annotated[str | None, typer.Option(help=DTYPE_HELP)] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     prompt_template: Annotated[str | None, typer.Option(help="e.g. '{question}'.")] = None,
@@ -453,7 +454,8 @@ def search_cmd(
     overrides = {
         "base": base, "aligned": aligned, "data": data, "dev": dev, "space": space,
         "objectives": objectives, "budget": budget, "algorithm": algorithm,
-        "population": population, "anchors": anchors, "upper": upper, "dtype": dtype,
+        "population": population, "anchors": anchors, "upper": upper, "promote": promote,
+        "dtype": dtype,
         "device": device, "prompt_template": prompt_template, "seed": seed,
         "store": str(store) if store else None, "out": str(out) if out else None,
     }

@@ -691,6 +691,9 @@ class SearchConfig(EvalSettings):
     population: int = Field(12, ge=4, le=1024)
     #: anchor items (the cheap first look at a candidate); None: 10% of dev, at least 16
     anchors: int | None = Field(None, ge=2, le=100_000)
+    #: successive halving: at most this share of a generation is promoted to all of dev, the
+    #: most promising of those racing keeps first
+    promote: float = Field(0.25, gt=0, le=1)
     #: the largest λ a gene may take (1: interpolation only; up to 2: extrapolation)
     upper: float = Field(1.0, gt=0, le=2)
     store: str = "calmerge-runs.db"
@@ -743,7 +746,7 @@ class SearchConfig(EvalSettings):
         """What makes a search its own run beside a plain sweep of the same pair: everything
         that shapes which candidates are evaluated and how (not where results go)."""
         return {k: getattr(self, k) for k in ("space", "objectives", "budget", "algorithm",
-                                                "population", "anchors", "upper")}
+                                                "population", "anchors", "upper", "promote")}
 
 
 #: the most λ points a grid may list or generate: each is a full evaluation of the model, so

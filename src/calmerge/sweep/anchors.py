@@ -37,7 +37,8 @@ class AnchorRung:
 
     def choose(self, base_id: int, aligned_id: int) -> None:
         """Per item, whether each parent was right and how confident it was (what
-        tinyBenchmarks clusters on), stratified by subject when the items carry one."""
+        tinyBenchmarks clusters on), stratified by subject when the items carry one and there
+        are at least as many anchors as subjects."""
         import dataclasses
 
         from calmerge.analysis.budget import choose_anchors
@@ -51,7 +52,10 @@ class AnchorRung:
         features = np.column_stack([cols[0][0], cols[1][0], cols[0][1], cols[1][1]])
         dev = scored_bench(self.task, "dev")
         subjects = [getattr(it, "subject", None) for it in dev.items]
-        strata = subjects if all(subjects) and len(set(subjects)) > 1 else None
+        # stratified when every subject can have an anchor of its own; with more subjects
+        # than anchors (e.g. fine-grained subject labels) the parents' answers alone decide
+        n_sub = len(set(subjects))
+        strata = subjects if all(subjects) and 1 < n_sub <= self.k else None
         cfg = self.sweep.cfg
         self.anchors = choose_anchors(features, self.k, strata=strata, seed=cfg.seed)
         items = [dev.items[i] for i in self.anchors.indices]

@@ -26,6 +26,7 @@ compared by hypervolume on test with a paired bootstrap interval over the test i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -289,11 +290,12 @@ class Search:
                 full = [e for e in known.values() if e.dev is not None]
                 field_ = [*evs, *[e for e in full if all(e is not x for x in evs)]]
                 bounds = [self._as_estimate(e) for e in field_] + self._parent_bounds()
-                keep = [i for i in promising(bounds, cfg.objectives) if i < len(field_)]
-                keep.sort(key=lambda i: self._fitness(field_[i]))  # pymoo's order: best first
+                keep = [i for i in promising(bounds, cfg.objectives) if i < len(field_)
+                        and field_[i].dev is None]
+                keep = self._best_first(keep, field_)[: math.ceil(cfg.promote * cfg.population)]
                 for i in keep:
                     ev = field_[i]
-                    if ev.dev is None and outcome.spent + self.n_dev <= self.budget:
+                    if outcome.spent + self.n_dev <= self.budget:
                         bar.describe(f"generation {outcome.generations + 1}: promoting")
                         self.promote(ev, outcome)
                         bar.advance(self.n_dev)
@@ -305,6 +307,14 @@ class Search:
             outcome.evaluated = list(known.values())
             self._finish(outcome, bar)
         return outcome
+
+    def _best_first(self, keep: list[int], field_: list[Evaluated]) -> list[int]:
+        """Successive halving's order: by Pareto rank of the estimates among the kept
+        candidates (the non-dominated first), then by estimated accuracy."""
+        f = {i: np.array(self._fitness(field_[i])) for i in keep}
+        rank = {i: sum(bool(np.all(f[j] <= f[i]) and np.any(f[j] < f[i])) for j in keep)
+                for i in keep}
+        return sorted(keep, key=lambda i: (rank[i], *f[i], field_[i].genome))
 
     def _parent_bounds(self) -> list[Any]:
         """The parents' exact dev numbers: a candidate they dominate is not worth promoting."""
