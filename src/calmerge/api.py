@@ -706,7 +706,7 @@ def _export_search(
         if found is None:
             raise ConfigError(
                 f"pick rule '{pick}': run {a.run.id} has no candidate {want}",
-                "candidate ids are the point ids `calmerge results` lists",
+                "the search report's frontier table lists each candidate's id",
             )
     else:
         chosen = pick_point([c.point for c in v.front], pick, split="dev",
