@@ -203,6 +203,10 @@ def test_a_budgeted_sweep_scores_on_anchors_first_and_says_what_it_left(
     spent = 2 * n_dev + (lams - 2) * 8 + (cheap.computed - 2) * n_dev
     assert spent <= 400
     assert any(s.startswith("Budgeted sweep:") for s in cheap.sentences)
+    # a re-run counts what the store holds against the same budget: nothing more is scored
+    again = api.sweep(_sweep_cfg(deep_pair, search_data, tmp_path / "cheap", budget=400,
+                                 anchors=8), progress=False)
+    assert again.computed == 0
     assert "Budgeted sweep:" in Path(cheap.markdown).read_text()
     # a budget that pays for every λ leaves nothing open and picks as the full sweep does
     rich = api.sweep(_sweep_cfg(deep_pair, search_data, tmp_path / "rich", budget=10**6,

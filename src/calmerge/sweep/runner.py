@@ -685,8 +685,10 @@ class Sweep:
                     metrics = self.store.metrics(pid)
             if ESTIMATE_SPLIT in metrics:
                 est[lam] = rung.estimate_of(metrics)
-            spent += rung.size
+                spent += rung.size  # (read back or scored now: the budget counts it either way)
             bar.advance(rung.size)
+        # λ fully scored by an earlier session (a promotion, or a full sweep sharing the run)
+        spent += n_dev * sum(lam in done for lam in others)
         while True:
             done = {p.lam: p.id for p in self.store.points(self.run.id, status="done")
                     if p.family == family and p.weights is None}
