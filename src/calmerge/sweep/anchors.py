@@ -100,3 +100,92 @@ def exact(acc: float, ece: float, n: int) -> Any:
     from calmerge.eval.metrics import Metric
 
     return Estimate(acc=Metric(acc, acc, acc), ece=Metric(ece, ece, ece), n=n)
+
+
+# ── sweep --budget ──
+
+def check_sweep_budget(sweep: Any) -> None:
+    """A budget that cannot pay for the parents on all of dev and every other λ on the
+    anchors is refused before anything is written."""
+    from calmerge.errors import ConfigError
+    from calmerge.results.store import round_lam
+
+    cfg = sweep.cfg
+    n_dev = len(sweep.tasks[0].scorers["dev"].items)
+    k = min(n_dev, cfg.anchors or default_anchors(n_dev))
+    others = [x for x in cfg.lambdas() if round_lam(x) not in (0.0, 1.0)]
+    need = 2 * n_dev + len(others) * k
+    if cfg.budget < need:
+        raise ConfigError(
+            f"--budget {cfg.budget:,} item-evaluations is less than one look at every"
+            f" λ: {need:,} (both parents on all {n_dev} dev items, then {len(others)} λ on"
+            f" {k} anchor items each)",
+            f"give --budget {need:,} or more, or fewer λ points / --anchors",
+        )
+
+
+def budgeted_sweep(sweep: Any, family: str, lams: Sequence[float], outcome: Any, bar: Any) -> None:
+    """`--budget`: the parents on everything, every other λ on the anchor items first, then
+    full scoring (dev and test) in order of promise for the λ racing cannot rule out, while
+    the dev budget lasts (`analysis.budget`). No refinement: the budget is spent on the grid.
+    Whether the racing ended — every λ that could be on the frontier fully scored — is what
+    `results.points.budget_status` reads back from the store."""
+    import contextlib
+
+    from calmerge.analysis.budget import promising
+    from calmerge.errors import StoreError
+    from calmerge.results.store import round_lam
+
+    cfg, store, run_id = sweep.cfg, sweep.store, sweep.run.id
+    n_dev = len(sweep.tasks[0].scorers["dev"].items)
+    bar.add(2 * sweep.work_per_point)
+    sweep._run_points(family, [0.0, 1.0], outcome, bar)
+    done = sweep.done_ids(family)
+    rung = AnchorRung(sweep, min(n_dev, cfg.anchors or default_anchors(n_dev)))
+    rung.choose(done[0.0], done[1.0])
+    spent = 2 * n_dev
+    others = [round_lam(x) for x in lams if round_lam(x) not in (0.0, 1.0)]
+    store.add_points(run_id, family, others)
+    ids = {p.lam: p.id for p in store.points(run_id) if p.family == family and p.weights is None}
+    bar.add(len(others) * rung.size)
+    est: dict[float, Any] = {}
+    for lam in others:
+        metrics = store.metrics(ids[lam])
+        if ESTIMATE_SPLIT not in metrics and lam not in done:
+            pid = store.claim(run_id, family, lam)
+            if pid is not None:  # (held by another live sweep: it will score it)
+                try:
+                    bar.describe(f"{family} λ={lam:g} on {rung.size} anchor items")
+                    sweep._load()
+                    sweep._interp.apply(family, lam)
+                    m, preds = rung.score()
+                    store.save_splits(pid, metrics=m, predictions=preds)
+                finally:
+                    with contextlib.suppress(StoreError):
+                        store.release(pid)
+                metrics = store.metrics(pid)
+        if ESTIMATE_SPLIT in metrics:
+            est[lam] = rung.estimate_of(metrics)
+            spent += rung.size  # (read back or scored now: the budget counts it either way)
+        bar.advance(rung.size)
+    # λ fully scored by an earlier session (a promotion, or a full sweep sharing the run)
+    spent += n_dev * sum(lam in done for lam in others)
+    while True:
+        done = sweep.done_ids(family)
+        field_ = [lam for lam in others if lam in done or lam in est] + [0.0, 1.0]
+        known = []
+        for lam in field_:
+            if lam in done:
+                dev = store.metrics(done[lam])["dev"]
+                known.append(exact(dev["acc"][0], dev["ece"][0], n_dev))
+            else:
+                known.append(est[lam])
+        open_ = [field_[i] for i in promising(known, cfg.objectives or ("acc", "ece"))
+                 if field_[i] not in done]
+        if not open_ or spent + n_dev > cfg.budget:
+            break
+        lam = max(open_, key=lambda x: (est[x].acc.value, -est[x].ece.value, -x))
+        bar.add(sweep.work_per_point)
+        sweep._run_points(family, [lam], outcome, bar)
+        spent += n_dev
+    outcome.spent = spent

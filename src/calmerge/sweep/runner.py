@@ -24,7 +24,7 @@ import numpy as np
 
 from calmerge.config import SweepConfig
 from calmerge.coords import Coord, coord_label
-from calmerge.errors import ConfigError, StoreError
+from calmerge.errors import StoreError
 from calmerge.eval.metrics import Metric
 from calmerge.results.store import Prediction, ResultStore, RunRecord, round_lam
 
@@ -214,7 +214,9 @@ class Sweep:
         if cfg.prompts:
             digests["prompts"] = file_digest(cfg.prompts)
         if cfg.budget is not None:
-            self._check_budget()
+            from calmerge.sweep.anchors import check_sweep_budget
+
+            check_sweep_budget(self)
         fingerprints = (
             {name: c.fingerprint() for name, c in self.named.items()} if cfg.simplex
             else {"base": self.base.fingerprint(), "aligned": self.aligned.fingerprint()}
@@ -240,23 +242,6 @@ class Sweep:
         if self.prompts:
             self.store.save_prompts(self.run.id, self.prompts)
         self._model = None
-
-    def _check_budget(self) -> None:
-        """A budget that cannot pay for the parents on all of dev and every other λ on the
-        anchors is refused before anything is written."""
-        from calmerge.sweep.anchors import default_anchors
-
-        n_dev = len(self.tasks[0].scorers["dev"].items)
-        k = min(n_dev, self.cfg.anchors or default_anchors(n_dev))
-        others = [x for x in self.cfg.lambdas() if round_lam(x) not in (0.0, 1.0)]
-        need = 2 * n_dev + len(others) * k
-        if self.cfg.budget < need:
-            raise ConfigError(
-                f"--budget {self.cfg.budget:,} item-evaluations is less than one look at every"
-                f" λ: {need:,} (both parents on all {n_dev} dev items, then {len(others)} λ on"
-                f" {k} anchor items each)",
-                f"give --budget {need:,} or more, or fewer λ points / --anchors",
-            )
 
     @property
     def parents(self) -> list[Any]:
@@ -512,11 +497,14 @@ class Sweep:
                 bar.describe(f"{family}: waiting for {len(todo)} point(s) another sweep holds")
                 time.sleep(0.5)
 
+    def done_ids(self, family: str) -> dict[Coord, int]:
+        """{λ or weights: point id} of the finished points of `family` (the one lookup the
+        sweep, the budgeted sweep and the search make of what the store holds)."""
+        return {p.coord: p.id for p in self.store.points(self.run.id, status="done")
+                if p.family == family}
+
     def _is_done(self, family: str, lam: Coord) -> bool:
-        return any(
-            p.family == family and p.coord == lam
-            for p in self.store.points(self.run.id, status="done")
-        )
+        return lam in self.done_ids(family)
 
     def _compute(self, pid: int, family: str, lam: Coord, outcome: SweepOutcome, bar) -> None:
         bar.describe(f"{family} {coord_label(lam)}")
@@ -624,7 +612,9 @@ class Sweep:
             for family in self.cfg.families:
                 lams = self._initial_points(family)
                 if self.cfg.budget is not None:
-                    self._budgeted(family, lams, outcome, bar)
+                    from calmerge.sweep.anchors import budgeted_sweep
+
+                    budgeted_sweep(self, family, lams, outcome, bar)
                     continue
                 bar.add(len(lams) * self.work_per_point)
                 self._run_points(family, lams, outcome, bar)
@@ -643,72 +633,6 @@ class Sweep:
                     bar.add(len(new) * self.work_per_point)
                     self._run_points(family, new, outcome, bar)
                     budget -= len(new)
-
-
-    def _budgeted(self, family: str, lams: Sequence[float], outcome: SweepOutcome, bar) -> None:
-        """`--budget`: the parents on everything, every other λ on the anchor items first, then
-        full scoring (dev and test) in order of promise for the λ racing cannot rule out, while
-        the dev budget lasts (`sweep.anchors`, `analysis.budget`). No refinement: the budget
-        is spent on the grid. Whether the racing ended — every λ that could be on the frontier
-        fully scored — is what `budget_status` reads back from the store."""
-        from calmerge.analysis.budget import promising
-        from calmerge.sweep.anchors import ESTIMATE_SPLIT, AnchorRung, default_anchors, exact
-
-        n_dev = len(self.tasks[0].scorers["dev"].items)
-        bar.add(2 * self.work_per_point)
-        self._run_points(family, [0.0, 1.0], outcome, bar)
-        done = {p.lam: p.id for p in self.store.points(self.run.id, status="done")
-                if p.family == family and p.weights is None}
-        rung = AnchorRung(self, min(n_dev, self.cfg.anchors or default_anchors(n_dev)))
-        rung.choose(done[0.0], done[1.0])
-        spent = 2 * n_dev
-        others = [round_lam(x) for x in lams if round_lam(x) not in (0.0, 1.0)]
-        self.store.add_points(self.run.id, family, others)
-        ids = {p.lam: p.id for p in self.store.points(self.run.id)
-               if p.family == family and p.weights is None}
-        bar.add(len(others) * rung.size)
-        est: dict[float, Any] = {}
-        for lam in others:
-            metrics = self.store.metrics(ids[lam])
-            if ESTIMATE_SPLIT not in metrics and lam not in done:
-                pid = self.store.claim(self.run.id, family, lam)
-                if pid is not None:  # (held by another live sweep: it will score it)
-                    try:
-                        bar.describe(f"{family} λ={lam:g} on {rung.size} anchor items")
-                        self._load()
-                        self._interp.apply(family, lam)
-                        m, preds = rung.score()
-                        self.store.save_splits(pid, metrics=m, predictions=preds)
-                    finally:
-                        with contextlib.suppress(StoreError):
-                            self.store.release(pid)
-                    metrics = self.store.metrics(pid)
-            if ESTIMATE_SPLIT in metrics:
-                est[lam] = rung.estimate_of(metrics)
-                spent += rung.size  # (read back or scored now: the budget counts it either way)
-            bar.advance(rung.size)
-        # λ fully scored by an earlier session (a promotion, or a full sweep sharing the run)
-        spent += n_dev * sum(lam in done for lam in others)
-        while True:
-            done = {p.lam: p.id for p in self.store.points(self.run.id, status="done")
-                    if p.family == family and p.weights is None}
-            field_ = [lam for lam in others if lam in done or lam in est] + [0.0, 1.0]
-            known = []
-            for lam in field_:
-                if lam in done:
-                    dev = self.store.metrics(done[lam])["dev"]
-                    known.append(exact(dev["acc"][0], dev["ece"][0], n_dev))
-                else:
-                    known.append(est[lam])
-            open_ = [field_[i] for i in promising(known, self.cfg.objectives or ("acc", "ece"))
-                     if field_[i] not in done]
-            if not open_ or spent + n_dev > self.cfg.budget:
-                break
-            lam = max(open_, key=lambda x: (est[x].acc.value, -est[x].ece.value, -x))
-            bar.add(self.work_per_point)
-            self._run_points(family, [lam], outcome, bar)
-            spent += n_dev
-        outcome.spent = spent
 
 
 #: the splits a budgeted sweep's anchor rung writes (kept when the point is fully scored)

@@ -170,17 +170,12 @@ class Search:
         self.rung.choose(self._lam_point(0.0), self._lam_point(1.0))
 
     def _lam_point(self, lam: float) -> int:
-        rec = next(p for p in self.store.points(self.run.id, status="done")
-                   if p.family == FAMILY and p.weights is None and p.lam == lam)
-        return rec.id
+        return self.sweep.done_ids(FAMILY)[lam]
 
     def _stored(self, genome: tuple) -> tuple[int | None, dict]:
         """(point id, metrics) of a stored candidate; (None, {}) if it was never finished."""
-        key = genome_weights(self.space, genome)
-        for p in self.store.points(self.run.id, status="done"):
-            if p.family == FAMILY and p.weights == key:
-                return p.id, self.store.metrics(p.id)
-        return None, {}
+        pid = self.sweep.done_ids(FAMILY).get(genome_weights(self.space, genome))
+        return (pid, self.store.metrics(pid)) if pid is not None else (None, {})
 
     def evaluate_anchor(self, genome: tuple, outcome: SearchOutcome) -> Evaluated:
         """The candidate on the anchor items (read back if stored; if another live search is
