@@ -283,30 +283,17 @@ class SearchAnalysis:
 
 def analyse_search(store: str | Path, run: str | None) -> SearchAnalysis:
     """Load a finished search and judge it (`analysis.search`); no model is loaded."""
-    from calmerge.analysis.search import Candidate, search_verdict
+    from calmerge.analysis.search import search_verdict
     from calmerge.io.models import open_checkpoint
     from calmerge.merge.genome import parse_space
-    from calmerge.results.points import load_points
+    from calmerge.results.points import load_search
 
     db = _open_store(store)
     rec = db.run(run)
     cfg = stored_config(rec)
     study = rec.config["study"]
     space = parse_space(study["space"])
-    points = load_points(db, rec.id, n_bins=cfg.n_bins)
-    ids = {r.coord: r.id for r in db.points(rec.id, status="done")}
-    cands = [Candidate(p, tuple(v for _, v in p.mix), ids[p.coord]) for p in points
-             if p.mix is not None]
-    lam_points = [p for p in points if p.mix is None]
-    if not cands or not any(c.full for c in cands):
-        raise StoreError(f"run {rec.id} has no fully scored candidate yet",
-                         "run or resume the search first")
-    test = {}
-    for p in [c.point for c in cands] + lam_points:
-        if "test" in p.metrics:
-            test[id(p)] = db.predictions(ids[p.coord], "test")
-    n_dev = len(db.items(rec.id, "dev"))
-    anchor = next((len(db.predictions(c.point_id, "anchor")) for c in cands), 0)
+    cands, lam_points, test, n_dev, anchor = load_search(db, rec.id, n_bins=cfg.n_bins)
     v = search_verdict(
         cands, lam_points, genes=space.genes, test_predictions=test,
         objectives=tuple(study["objectives"]), n_dev=n_dev, n_anchor=anchor,

@@ -181,3 +181,23 @@ def _estimate(m: dict) -> object:
     from calmerge.analysis.budget import Estimate
 
     return Estimate(acc=Metric(*m["acc"]), ece=Metric(*m["ece"]), n=0)
+
+
+def load_search(store: ResultStore, run_id: int, *, n_bins: int = 10) -> tuple:
+    """A search run's stored points as the search verdict reads them: (candidates, λ points,
+    {id(point): its test predictions}, dev items, anchor items per candidate)."""
+    from calmerge.analysis.search import Candidate
+
+    points = load_points(store, run_id, n_bins=n_bins)
+    ids = {r.coord: r.id for r in store.points(run_id, status="done")}
+    cands = [Candidate(p, tuple(v for _, v in p.mix), ids[p.coord]) for p in points
+             if p.mix is not None]
+    lam_points = [p for p in points if p.mix is None]
+    if not cands or not any(c.full for c in cands):
+        raise StoreError(f"run {run_id} has no fully scored candidate yet",
+                         "run or resume the search first")
+    test = {id(p): store.predictions(ids[p.coord], "test")
+            for p in [c.point for c in cands] + lam_points if "test" in p.metrics}
+    n_dev = len(store.items(run_id, "dev"))
+    anchor = next((len(store.predictions(c.point_id, "anchor")) for c in cands), 0)
+    return cands, lam_points, test, n_dev, anchor
