@@ -293,11 +293,14 @@ def analyse_search(store: str | Path, run: str | None) -> SearchAnalysis:
     cfg = stored_config(rec)
     study = rec.config["study"]
     space = parse_space(study["space"])
-    cands, lam_points, test, n_dev, anchor = load_search(db, rec.id, n_bins=cfg.n_bins)
+    objectives = tuple(study["objectives"])
+    diversity = next((o for o in objectives if o not in ("acc", "ece")), None)
+    got = load_search(db, rec.id, n_bins=cfg.n_bins, diversity=diversity, seed=cfg.seed)
     v = search_verdict(
-        cands, lam_points, genes=space.genes, test_predictions=test,
-        objectives=tuple(study["objectives"]), n_dev=n_dev, n_anchor=anchor,
-        n_boot=cfg.n_boot, seed=cfg.seed, n_bins=cfg.n_bins,
+        got.candidates, got.lam_points, genes=space.genes, test_predictions=got.test_predictions,
+        test_prompts=got.test_prompts, n_prompts=got.n_prompts, objectives=objectives,
+        n_dev=got.n_dev, n_anchor=got.n_anchor, n_boot=cfg.n_boot, seed=cfg.seed,
+        n_bins=cfg.n_bins,
     )
     layers = open_checkpoint(cfg.base, allow_pickle=cfg.allow_pickle,
                              trust_remote_code=cfg.trust_remote_code).num_layers

@@ -696,6 +696,9 @@ class SearchConfig(EvalSettings):
     promote: float = Field(0.25, gt=0, le=1)
     #: the largest λ a gene may take (1: interpolation only; up to 2: extrapolation)
     upper: float = Field(1.0, gt=0, le=2)
+    #: anchor prompts (a diversity objective's cheap first look); None: a quarter of the dev
+    #: prompts, at least 4
+    anchor_prompts: int | None = Field(None, ge=2, le=100_000)
     store: str = "calmerge-runs.db"
     out: str = "calmerge-search"
 
@@ -715,20 +718,43 @@ class SearchConfig(EvalSettings):
     @field_validator("objectives")
     @classmethod
     def _search_objectives(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        allowed = ("acc", "ece")
+        from calmerge.eval.metrics import METRICS, generation_objective
+
+        out = []
         for name in v:
-            if name not in allowed:
+            if name not in ("acc", "ece", "diversity"):
                 from calmerge.analysis.pareto import check_objectives
 
                 choice(check_objectives, (name,))  # a typo gets the registry's "did you mean"
-                raise ValueError(
-                    f"objective '{name}': a search's candidates are raced on their dev items, so"
-                    " its objectives are acc and ece (diversity needs generations at every"
-                    " candidate)"
-                )
-        if len(set(v)) != len(v) or not v:
-            raise ValueError("objectives: name each of acc, ece at most once")
-        return v
+                if METRICS.get(name).source != "generations":
+                    raise ValueError(
+                        f"objective '{name}': a search's candidates are raced on their dev items"
+                        " and anchor prompts, so its objectives are acc, ece and one diversity"
+                        " metric of sampled generations (diversity = distinct_2, or name one)"
+                    )
+            out.append(generation_objective(name))
+        if len(set(out)) != len(out) or not out:
+            raise ValueError("objectives: name each objective at most once")
+        if len([o for o in out if o not in ("acc", "ece")]) > 1:
+            raise ValueError("objectives: at most one diversity metric")
+        return tuple(out)
+
+    @property
+    def diversity(self) -> str | None:
+        """The diversity objective (a generation metric), if the search has one."""
+        return next((o for o in self.objectives if o not in ("acc", "ece")), None)
+
+    @model_validator(mode="after")
+    def _diversity_needs_prompts(self) -> SearchConfig:
+        if self.diversity and not self.prompts:
+            raise ValueError(
+                f"objective '{self.diversity}' is measured on sampled generations: pass"
+                " --prompts FILE (open-ended prompts, JSONL), split in halves into dev and test"
+                " prompts"
+            )
+        if self.diversity and self.diversity == "embed_distance" and not self.embed_diversity:
+            raise ValueError("objective 'embed_distance' needs the embedding model: drop --no-embed")
+        return self
 
     def sweep_config(self) -> SweepConfig:
         """The same pair, data and evaluation as a plain sweep: the search evaluates its
@@ -745,8 +771,11 @@ class SearchConfig(EvalSettings):
     def study(self) -> dict[str, Any]:
         """What makes a search its own run beside a plain sweep of the same pair: everything
         that shapes which candidates are evaluated and how (not where results go)."""
-        return {k: getattr(self, k) for k in ("space", "objectives", "budget", "algorithm",
-                                                "population", "anchors", "upper", "promote")}
+        keys = ["space", "objectives", "budget", "algorithm", "population", "anchors", "upper",
+                "promote"]
+        if self.diversity:  # only then: a search without diversity keeps the identity it had
+            keys.append("anchor_prompts")
+        return {k: getattr(self, k) for k in keys}
 
 
 #: the most λ points a grid may list or generate: each is a full evaluation of the model, so

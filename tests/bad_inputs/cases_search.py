@@ -37,6 +37,29 @@ def diversity_objective(tmp, pair):
     return _argv(tmp, pair, "--objectives", "acc,distinct_2")
 
 
+def _prompts(tmp, n: int) -> str:
+    import json
+
+    path = tmp / f"prompts{n}.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Say {i}."}) + "\n"
+                            for i in range(n)))
+    return str(path)
+
+
+def too_few_prompts(tmp, pair):
+    return _argv(tmp, pair, "--objectives", "acc,ece,diversity", "--prompts", _prompts(tmp, 3),
+                 "--space", "blocks:2")
+
+
+def two_diversity_metrics(tmp, pair):
+    return _argv(tmp, pair, "--objectives", "acc,distinct_2,self_bleu", "--prompts",
+                 _prompts(tmp, 8))
+
+
+def choice_metric_objective(tmp, pair):
+    return _argv(tmp, pair, "--objectives", "acc,brier")
+
+
 def no_dev(tmp, pair):
     argv = _argv(tmp, pair)
     i = argv.index("--dev")
@@ -49,7 +72,10 @@ CASES = [
     Case("search-malformed-space", "search --space blocks (no K)", malformed_space, "is not KIND:K"),
     Case("search-space-too-deep", "search --space blocks:9 on a 2-layer model", space_too_deep, "9 anchors but"),
     Case("search-unknown-objective", "search --objectives acc,ecee", unknown_objective, "ecee"),
-    Case("search-diversity-objective", "search --objectives acc,distinct_2 (needs generations)", diversity_objective, "objective 'distinct_2'"),
+    Case("search-diversity-without-prompts", "search --objectives acc,distinct_2 without --prompts (diversity needs generations)", diversity_objective, "objective 'distinct_2' is measured on sampled generations"),
+    Case("search-diversity-too-few-prompts", "search --objectives acc,ece,diversity with 3 prompts (no dev and test halves)", too_few_prompts, "3 prompts; a diversity search splits them"),
+    Case("search-two-diversity-metrics", "search --objectives acc,distinct_2,self_bleu", two_diversity_metrics, "at most one diversity metric"),
+    Case("search-choice-metric-objective", "search --objectives acc,brier (not raced)", choice_metric_objective, "objective 'brier': a search's candidates are raced"),
     Case("search-no-dev", "search without --dev", no_dev, "'dev' is required"),
 ]
 

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -236,3 +237,90 @@ def test_without_pymoo_the_search_says_how_to_get_it(deep_pair, search_data, tmp
         Search(_cfg(deep_pair, search_data, tmp_path))
     assert "calmerge[search]" in exc.value.hint
     assert not (tmp_path / "runs.db").exists()
+
+
+# ── a diversity objective ──
+
+PROMPT_IDS = [f"p{i}" for i in range(10)]
+
+
+def _distinct_2(samples: list[str]) -> float:
+    """distinct-2 by hand: unique lower-cased word bigrams over all bigrams of the samples."""
+    grams = [tuple(w[i:i + 2]) for s in samples for w in [s.lower().split()]
+             for i in range(len(w) - 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def _diverse_argv(pair, data, tmp: Path) -> list[str]:
+    import json
+
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Tell me about fruit {i}."})
+                               + "\n" for i in PROMPT_IDS))
+    return ["search", "--base", str(pair[0]), "--aligned", str(pair[1]), "--data", str(data[0]),
+            "--dev", str(data[1]), "--space", "blocks:2", "--population", "4", "--anchors", "6",
+            "--budget", "460", "--objectives", "acc,ece,diversity", "--prompts", str(prompts),
+            "--samples", "2", "--max-new-tokens", "8", "--anchor-prompts", "3",
+            "--device", "cpu", "--store", str(tmp / "runs.db"), "--out", str(tmp / "report"),
+            "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def diverse(deep_pair, search_data, tmp_path_factory):
+    """A search with a diversity objective, run from the command line."""
+    tmp = tmp_path_factory.mktemp("diverse")
+    argv = _diverse_argv(deep_pair, search_data, tmp)
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    return argv, tmp, api.analyse_search(tmp / "runs.db", None).verdict
+
+
+def test_a_diversity_search_races_on_dev_prompts_and_reports_on_test_prompts(diverse):
+    from calmerge.results.store import ResultStore
+    from calmerge.sweep.anchors import split_prompt_ids
+
+    _, tmp, v = diverse
+    assert v.objectives == ("acc", "ece", "distinct_2") and len(v.ref) == 3
+    dev_ids, test_ids = split_prompt_ids(PROMPT_IDS, 0)
+    # at most 3 anchor prompts (--anchor-prompts 3); fewer when the parents' per-prompt values
+    # repeat (a duplicate anchor would add nothing)
+    assert v.n_prompts[0] == v.n_prompts[2] == 5 and 1 <= v.n_prompts[1] <= 3
+    db = ResultStore(tmp / "runs.db")
+
+    def mean_over(gens, ids):
+        return float(np.mean([_distinct_2(gens[i]) for i in ids]))
+
+    promoted = 0
+    for c in v.candidates:
+        gens = db.generations(c.point_id)
+        est = c.point.metrics["estimate"]["distinct_2"]
+        assert est.lo <= est.value <= est.hi
+        assert not set(gens) & set(test_ids) or "test" in c.point.metrics
+        if c.full:  # every dev prompt sampled, the dev value theirs alone
+            promoted += 1
+            assert set(dev_ids) <= set(gens)
+            assert c.on("dev", "distinct_2") == pytest.approx(mean_over(gens, dev_ids), abs=1e-12)
+        else:  # only the anchor prompts, all of them dev prompts
+            assert len(gens) == v.n_prompts[1] and set(gens) <= set(dev_ids)
+        if "test" in c.point.metrics:
+            assert c.on("test", "distinct_2") == pytest.approx(mean_over(gens, test_ids),
+                                                               abs=1e-12)
+    assert promoted >= 1 and v.front
+    lam_ids = {r.lam: r.id for r in db.points(db.run(None).id, status="done") if r.weights is None}
+    for p in v.lam_points:  # each half of the prompts, from the λ point's own samples
+        gens = db.generations(lam_ids[p.lam])
+        assert set(gens) == set(PROMPT_IDS)
+        assert p.metrics["dev"]["distinct_2"].value == pytest.approx(mean_over(gens, dev_ids))
+        assert p.metrics["test"]["distinct_2"].value == pytest.approx(mean_over(gens, test_ids))
+    text = (tmp / "report" / "report.md").read_text()
+    assert "distinct-2 ↑" in text and "5 dev and 5 test prompts" in text
+    assert "test distinct-2" in text  # the frontier tables' columns
+
+
+def test_a_diversity_search_resumes_from_the_cli(diverse, capsys):
+    argv, tmp, v = diverse
+    out = _cli(argv, capsys)
+    assert "0 evaluations computed this session" in out, out
+    assert _front(tmp / "runs.db") == [c.genome for c in v.front]

@@ -16,9 +16,12 @@ The pieces, each a small pure function (numpy/scipy only, no I/O):
   bootstrap interval over anchors.
 - `promising`: racing — drop a candidate once some other candidate's *pessimistic* bounds
   beat its *optimistic* bounds (Maron & Moore's Hoeffding races, applied to Pareto dominance).
-- `hypervolume` / `hypervolume_gap`: the 2-D (accuracy, ECE) hypervolume of a front, and a
-  paired bootstrap over test items of the difference between two fronts' hypervolumes, so
-  "the cheap search found as good a front" is a statement with an interval.
+- `estimate_mean`: a per-prompt metric (a diversity objective) on anchor prompts, weighted
+  the same way, with a bootstrap interval over anchor prompts.
+- `hypervolume` / `hypervolume_gap`: the (accuracy, ECE[, diversity]) hypervolume of a front,
+  and a paired bootstrap over test items (and test prompts) of the difference between two
+  fronts' hypervolumes, so "the cheap search found as good a front" is a statement with an
+  interval.
 - `spearman`: how well anchor estimates rank candidates against their full-dev scores.
 
 ECE everywhere uses calmerge's equal-width bins (`calibration.equal_width_bins`), so a number
@@ -36,8 +39,25 @@ from calmerge.errors import ConfigError, did_you_mean
 from calmerge.eval.calibration import equal_width_bins, expected_calibration_error
 from calmerge.eval.metrics import Metric
 
-#: objectives `promising` understands, with whether higher is better
+#: objectives `promising` understands, with whether higher is better; any registered generation
+#: (diversity) metric is understood too, its direction read from the metric registry
 OBJECTIVES: dict[str, bool] = {"acc": True, "ece": False}
+
+
+def higher_is_better(name: str) -> bool:
+    """An objective's direction: accuracy and ECE, or a generation metric of the registry."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    from calmerge.eval.metrics import METRICS
+
+    spec = METRICS.get(name) if name in METRICS else None
+    if spec is None or spec.source != "generations":
+        names = [*OBJECTIVES, *(s.name for s in METRICS.values() if s.source == "generations")]
+        raise ConfigError(
+            f"unknown objective '{name}' for racing",
+            did_you_mean(name, names) or f"choose from {', '.join(names)}",
+        )
+    return spec.higher_is_better
 
 # ───────────────────────────── anchors ─────────────────────────────
 
@@ -179,11 +199,21 @@ def choose_anchors(
 @dataclass(frozen=True)
 class Estimate:
     """A candidate's full-dev metrics estimated from its anchor items: weighted accuracy and
-    weighted ECE, each with a 95% bootstrap interval over anchors; `n` items were scored."""
+    weighted ECE, each with a 95% bootstrap interval over anchors; `n` items were scored.
+    `others`: further objectives' estimates by name (a diversity metric from anchor prompts)."""
 
     acc: Metric
     ece: Metric
     n: int
+    others: tuple[tuple[str, Metric], ...] = ()
+
+    def get(self, name: str) -> Metric:
+        if name in ("acc", "ece"):
+            return getattr(self, name)
+        for key, metric in self.others:
+            if key == name:
+                return metric
+        raise KeyError(f"the estimate has no '{name}'")
 
 
 def weighted_ece(
@@ -263,6 +293,23 @@ def estimate(
     return Estimate(_interval(acc, acc_rows, 0.95), _interval(ece, ece_rows, 0.95), k)
 
 
+def estimate_mean(
+    anchors: Anchors, values: np.ndarray, *, n_boot: int = 200, seed: int = 0
+) -> Metric:
+    """A per-prompt metric's mean over all dev prompts, estimated from its anchor prompts:
+    Σ w·value, with a 95% percentile bootstrap over anchors (weights renormalised on each
+    resample), widened to contain the value — `estimate`'s accuracy, for any per-prompt value
+    (a diversity metric is the mean over prompts of each prompt's value)."""
+    w = np.asarray(anchors.weights, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if len(w) != len(v):
+        raise ValueError(f"{len(w)} anchors but {len(v)} values")
+    value = float(np.sum(w * v) / np.sum(w))
+    draws = np.random.default_rng(seed).integers(0, len(w), size=(n_boot, len(w)))
+    rows = (w[draws] * v[draws]).sum(axis=1) / w[draws].sum(axis=1)
+    return _interval(value, rows, 0.95)
+
+
 # ───────────────────────────── racing ─────────────────────────────
 
 
@@ -278,23 +325,19 @@ def promising(
     "better" being Pareto dominance: even if i is as good as its interval allows and j as bad
     as its allows, j still dominates i, so i is not worth scoring on the full dev set.
     NaN bounds compare false, so a candidate with unknown bounds is kept (never dropped by
-    missing evidence). "acc" is maximised, "ece" minimised; any subset and order.
+    missing evidence). "acc" is maximised, "ece" minimised, a generation metric as the registry
+    says; any subset and order.
     """
     if not objectives:
         raise ConfigError("no objectives given", "use e.g. acc,ece")
-    for name in objectives:
-        if name not in OBJECTIVES:
-            raise ConfigError(
-                f"unknown objective '{name}' for racing",
-                did_you_mean(name, OBJECTIVES) or f"choose from {', '.join(OBJECTIVES)}",
-            )
+    higher = [higher_is_better(name) for name in objectives]
     m = len(estimates)
     opt = np.empty((m, len(objectives)))
     pess = np.empty((m, len(objectives)))
     for i, e in enumerate(estimates):
         for j, name in enumerate(objectives):
-            metric: Metric = getattr(e, name)
-            if OBJECTIVES[name]:  # oriented so that higher is better
+            metric: Metric = e.get(name)
+            if higher[j]:  # oriented so that higher is better
                 opt[i, j], pess[i, j] = metric.hi, metric.lo
             else:
                 opt[i, j], pess[i, j] = -metric.lo, -metric.hi
@@ -309,16 +352,14 @@ def promising(
 # ───────────────────────────── hypervolume ─────────────────────────────
 
 
-def _hypervolume_rows(acc: np.ndarray, ece: np.ndarray, ref: tuple[float, float]) -> np.ndarray:
-    """2-D hypervolume of each row's (acc, ece) points, (R, m) arrays → (R,).
+def _hv2_min(x: np.ndarray, y: np.ndarray, rx: float, ry: float) -> np.ndarray:
+    """2-D hypervolume of each row's points in minimisation form, (R, m) arrays → (R,).
 
-    Minimisation form x = −acc, y = ece: sort by x (then y), and every point that lowers the
-    running minimum of y adds the slab [y, previous minimum] × [x, x_ref]. Points not strictly
-    better than ref in both are moved onto ref, where they add nothing.
+    Sort by x (then y), and every point that lowers the running minimum of y adds the slab
+    [y, previous minimum] × [x, x_ref]. Points not strictly better than ref in both are moved
+    onto ref, where they add nothing (NaN points fail both and are ignored).
     """
-    rx, ry = -float(ref[0]), float(ref[1])
-    x, y = -np.asarray(acc, dtype=np.float64), np.asarray(ece, dtype=np.float64)
-    keep = (x < rx) & (y < ry)  # NaN points fail both and are ignored
+    keep = (x < rx) & (y < ry)
     x, y = np.where(keep, x, rx), np.where(keep, y, ry)
     order = np.lexsort((y, x), axis=-1)
     x, y = np.take_along_axis(x, order, -1), np.take_along_axis(y, order, -1)
@@ -327,14 +368,53 @@ def _hypervolume_rows(acc: np.ndarray, ece: np.ndarray, ref: tuple[float, float]
     return np.sum((rx - x) * np.clip(prev - y, 0.0, None), axis=-1)
 
 
-def hypervolume(points: np.ndarray, ref: tuple[float, float]) -> float:
-    """Area dominated by (acc, ece) points, accuracy maximised and ECE minimised, bounded by
-    the reference point ref = (acc_ref, ece_ref); points not better than ref in both objectives
-    are ignored. O(m log m) (one sort). Tested against pymoo's HV."""
-    p = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+def _hv3_min(x: np.ndarray, y: np.ndarray, z: np.ndarray, ref: Sequence[float]) -> np.ndarray:
+    """3-D hypervolume in minimisation form, (R, m) arrays → (R,), by slicing along z.
+
+    Points sorted by z: between the k-th and the next z level the dominated region is the 2-D
+    hypervolume of the first k+1 points, so HV = Σ_k (z_{k+1} − z_k) · HV₂(points ≤ k), the
+    last slab ending at the reference. O(m² log m) per row, every row at once — fronts have
+    tens of points and the bootstrap a thousand rows. Tested against pymoo's HV.
+    """
+    rx, ry, rz = (float(r) for r in ref)
+    keep = (x < rx) & (y < ry) & (z < rz)
+    x, y, z = np.where(keep, x, rx), np.where(keep, y, ry), np.where(keep, z, rz)
+    order = np.argsort(z, axis=-1, kind="stable")
+    x, y, z = (np.take_along_axis(a, order, -1) for a in (x, y, z))
+    z_next = np.concatenate([z[..., 1:], np.full((*z.shape[:-1], 1), rz)], axis=-1)
+    total = np.zeros(z.shape[:-1])
+    idx = np.arange(z.shape[-1])
+    for k in range(z.shape[-1]):
+        total += (z_next[..., k] - z[..., k]) * _hv2_min(np.where(idx <= k, x, rx), y, rx, ry)
+    return total
+
+
+def _hypervolume_rows(values: Sequence[np.ndarray], ref: Sequence[float],
+                      higher: Sequence[bool]) -> np.ndarray:
+    """Hypervolume of each row's points given per objective as (R, m) arrays, natural
+    orientation (`higher[j]`: objective j is maximised), 2 or 3 objectives → (R,)."""
+    mins = [-np.asarray(v, dtype=np.float64) if h else np.asarray(v, dtype=np.float64)
+            for v, h in zip(values, higher, strict=True)]
+    rmin = [-float(r) if h else float(r) for r, h in zip(ref, higher, strict=True)]
+    if len(mins) == 2:
+        return _hv2_min(mins[0], mins[1], *rmin)
+    if len(mins) == 3:
+        return _hv3_min(*mins, rmin)
+    raise ValueError(f"hypervolume of {len(mins)} objectives: 2 or 3 are supported")
+
+
+def hypervolume(
+    points: np.ndarray, ref: Sequence[float], higher: Sequence[bool] = (True, False)
+) -> float:
+    """Volume dominated by the points, bounded by the reference point `ref` (both in the
+    objectives' own orientation: by default (accuracy ↑, ECE ↓); a third column, e.g. a
+    diversity metric, with its direction in `higher`). Points not better than ref in every
+    objective are ignored. 2-D: one sort; 3-D: slicing (`_hv3_min`). Tested against pymoo."""
+    d = len(ref)
+    p = np.asarray(points, dtype=np.float64).reshape(-1, d)
     if not len(p):
         return 0.0
-    return float(_hypervolume_rows(p[None, :, 0], p[None, :, 1], ref)[0])
+    return float(_hypervolume_rows([p[None, :, j] for j in range(d)], ref, higher)[0])
 
 
 def _front_rows(
@@ -370,7 +450,10 @@ def hypervolume_gap(
     b_correct: np.ndarray,
     b_conf: np.ndarray,
     *,
-    ref: tuple[float, float],
+    ref: Sequence[float],
+    a_prompts: np.ndarray | None = None,
+    b_prompts: np.ndarray | None = None,
+    prompts_higher: bool = True,
     n_bins: int = 10,
     n_boot: int = 1000,
     seed: int = 0,
@@ -381,27 +464,49 @@ def hypervolume_gap(
     `a_correct`/`a_conf` (m_a, n): one row per candidate of front A on the same n test items;
     `b_*` (m_b, n) likewise. Each replicate resamples the item indices once, shared by every
     row of both fronts (paired: item difficulty cancels out of the difference), recomputes
-    every row's accuracy and ECE (calmerge's binning) and both hypervolumes. `value` is the
-    difference on the full data (ECE by `expected_calibration_error`); the percentile interval
-    at `level` is widened to contain it.
+    every row's accuracy and ECE (calmerge's binning) and both hypervolumes. With a third
+    objective measured per prompt (`a_prompts`/`b_prompts` (m, n_p): each candidate's value on
+    each of the same n_p test prompts, the objective their mean, `prompts_higher` its
+    direction), the prompts are resampled too, independently of the items and shared by both
+    fronts, and `ref` has three entries. `value` is the difference on the full data (ECE by
+    `expected_calibration_error`); the percentile interval at `level` is widened to contain it.
     """
     ya, ca = _as_front(a_correct, a_conf, "A")
     yb, cb = _as_front(b_correct, b_conf, "B")
     n = ya.shape[1]
     if yb.shape[1] != n:
         raise ValueError(f"front A has {n} items, front B {yb.shape[1]}: they must share items")
+    third = a_prompts is not None
+    if third != (b_prompts is not None) or len(ref) != 2 + third:
+        raise ValueError("a third objective needs per-prompt values of both fronts and a 3-D ref")
+    higher = (True, False, prompts_higher)[: len(ref)]
+    rng = np.random.default_rng(seed)
 
-    def full(y: np.ndarray, c: np.ndarray) -> float:
-        pts = [(float(np.mean(r)), expected_calibration_error(cc, r, n_bins)) for r, cc in zip(y, c, strict=True)]
-        return hypervolume(np.array(pts), ref)
+    def counts_of(size: int) -> np.ndarray:
+        draws = rng.integers(0, size, size=(n_boot, size))
+        return np.bincount((draws + np.arange(n_boot)[:, None] * size).ravel(),
+                           minlength=n_boot * size).reshape(n_boot, size).astype(np.float64)
 
-    value = full(ya, ca) - full(yb, cb)
-    draws = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    counts = np.bincount(
-        (draws + np.arange(n_boot)[:, None] * n).ravel(), minlength=n_boot * n
-    ).reshape(n_boot, n).astype(np.float64)
-    hv_a = _hypervolume_rows(*_front_rows(ya, ca, counts, n_bins), ref)
-    hv_b = _hypervolume_rows(*_front_rows(yb, cb, counts, n_bins), ref)
+    def full(y: np.ndarray, c: np.ndarray, p: np.ndarray | None) -> float:
+        cols = [[float(np.mean(r)) for r in y],
+                [expected_calibration_error(cc, r, n_bins) for r, cc in zip(y, c, strict=True)]]
+        if p is not None:
+            cols.append([float(np.mean(r)) for r in p])
+        return hypervolume(np.array(cols).T, ref, higher)
+
+    pa = None if a_prompts is None else np.atleast_2d(np.asarray(a_prompts, dtype=np.float64))
+    pb = None if b_prompts is None else np.atleast_2d(np.asarray(b_prompts, dtype=np.float64))
+    if pa is not None and (len(pa) != len(ya) or len(pb) != len(yb) or pa.shape[1] != pb.shape[1]):
+        raise ValueError("per-prompt values: one row per candidate, the same prompts for both")
+    value = full(ya, ca, pa) - full(yb, cb, pb)
+    counts = counts_of(n)
+    cols_a, cols_b = list(_front_rows(ya, ca, counts, n_bins)), list(_front_rows(yb, cb, counts, n_bins))
+    if pa is not None:
+        pc = counts_of(pa.shape[1])
+        cols_a.append(pc @ pa.T / pa.shape[1])
+        cols_b.append(pc @ pb.T / pb.shape[1])
+    hv_a = _hypervolume_rows(cols_a, ref, higher)
+    hv_b = _hypervolume_rows(cols_b, ref, higher)
     return _interval(value, hv_a - hv_b, level)
 
 

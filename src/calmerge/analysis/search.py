@@ -9,6 +9,10 @@ ECE any point of either frontier or either parent has on test: the hypervolume t
 how far each frontier pushes past what the worst of them reaches, in the same units for both.
 How well the cheap anchor estimates ranked candidates is reported as the Spearman correlation
 of estimate and full-dev value over the candidates scored both ways.
+
+With a diversity objective the hypervolume is 3-D (accuracy ↑, ECE ↓, diversity in its own
+direction) over the test items and the test prompts, the bootstrap resampling both (prompts
+independently of items), and the reference point takes the worst diversity too.
 """
 
 from __future__ import annotations
@@ -60,6 +64,9 @@ class SearchVerdict:
     rank_ece: float
     n_ranked: int
     objectives: tuple[str, ...]
+    diversity: str | None = None  # the diversity objective, if any
+    rank_div: float = float("nan")
+    n_prompts: tuple[int, int, int] = (0, 0, 0)  # dev, anchor, test prompts
 
 
 def _rows(preds_by_point: Sequence[Sequence]) -> tuple[np.ndarray, np.ndarray]:
@@ -74,6 +81,8 @@ def search_verdict(
     *,
     genes: Sequence[str],
     test_predictions: dict[int, Sequence],  # id(point) -> its test predictions
+    test_prompts: dict[int, np.ndarray] | None = None,  # id(point) -> per test prompt values
+    n_prompts: tuple[int, int, int] = (0, 0, 0),
     objectives: Sequence[str] = ("acc", "ece"),
     n_dev: int,
     n_anchor: int,
@@ -82,10 +91,11 @@ def search_verdict(
     n_bins: int = 10,
 ) -> SearchVerdict:
     """Judge a finished search (see the module docstring); `lam_points` hold λ=0 and λ=1."""
-    from calmerge.analysis.budget import hypervolume, hypervolume_gap, spearman
+    from calmerge.analysis.budget import higher_is_better, hypervolume, hypervolume_gap, spearman
     from calmerge.analysis.pareto import find_lam
 
     objs = tuple(objectives)
+    div = next((o for o in objs if o not in ("acc", "ece")), None)
     full = [c for c in candidates if c.full]
     front_pts = pareto_front([c.point for c in full], objs, "dev")
     front = [c for c in full if any(c.point is p for p in front_pts) and "test" in c.point.metrics]
@@ -95,16 +105,24 @@ def search_verdict(
     base, aligned = find_lam(lam_points, "linear", 0.0), find_lam(lam_points, "linear", 1.0)
     assert base is not None and aligned is not None
     everyone = [c.point for c in front] + lam_front + [base, aligned]
-    ref = (min(value_of(p, "acc", "test") for p in everyone) - 1e-3,
-           max(value_of(p, "ece", "test") for p in everyone) + 1e-3)
+    names = ("acc", "ece", div) if div else ("acc", "ece")
+    higher = tuple(higher_is_better(n) for n in names)
+    ref = tuple(_worst([value_of(p, n, "test") for p in everyone], h)
+                for n, h in zip(names, higher, strict=True))
 
     def hv(points: Sequence[Point]) -> float:
-        return hypervolume(np.array([[value_of(p, "acc", "test"), value_of(p, "ece", "test")]
-                                     for p in points]), ref)
+        return hypervolume(np.array([[value_of(p, n, "test") for n in names] for p in points]),
+                           ref, higher)
 
     a = _rows([test_predictions[id(c.point)] for c in front])
     b = _rows([test_predictions[id(p)] for p in lam_front])
-    gap = hypervolume_gap(*a, *b, ref=ref, n_bins=n_bins, n_boot=n_boot, seed=seed)
+    prompts = {}
+    if div:
+        assert test_prompts is not None
+        prompts = dict(a_prompts=np.array([test_prompts[id(c.point)] for c in front]),
+                       b_prompts=np.array([test_prompts[id(p)] for p in lam_front]),
+                       prompts_higher=higher[2])
+    gap = hypervolume_gap(*a, *b, ref=ref, n_bins=n_bins, n_boot=n_boot, seed=seed, **prompts)
     ranked = [c for c in full if "estimate" in c.point.metrics]
     pick = front[0]
     promoted = sum(1 for c in candidates if c.full)
@@ -119,8 +137,19 @@ def search_verdict(
                           [c.on("dev", "acc") for c in ranked]),
         rank_ece=spearman([c.on("estimate", "ece") for c in ranked],
                           [c.on("dev", "ece") for c in ranked]),
-        n_ranked=len(ranked), objectives=objs,
+        n_ranked=len(ranked), objectives=objs, diversity=div,
+        rank_div=spearman([c.on("estimate", div) for c in ranked],
+                          [c.on("dev", div) for c in ranked]) if div else float("nan"),
+        n_prompts=n_prompts,
     )
+
+
+def _worst(values: Sequence[float], higher: bool) -> float:
+    """The reference coordinate: just past the worst value (by 0.1% of the spread, at least
+    1e-3 of the value's scale), so every frontier point adds volume."""
+    v = np.asarray(values, dtype=float)
+    pad = max(1e-3 * (np.nanmax(v) - np.nanmin(v)), 1e-3 * max(1.0, float(np.nanmax(np.abs(v)))))
+    return float(np.nanmin(v) - pad) if higher else float(np.nanmax(v) + pad)
 
 
 def profile(genome: Sequence[float], n_layers: int) -> np.ndarray:

@@ -84,6 +84,12 @@ def pairwise_cosine_distance(embeddings: np.ndarray) -> float:
 
 def embedding_distance(samples: list[list[str]]) -> float:
     """Mean over prompts of the mean pairwise cosine distance of its samples' embeddings."""
+    return float(np.mean(embedding_distances(samples)))
+
+
+def embedding_distances(samples: list[list[str]]) -> list[float]:
+    """Each prompt's mean pairwise cosine distance of its samples' embeddings, every text
+    encoded in one batch (per prompt, so a subset of prompts can be averaged or resampled)."""
     flat = [s for group in samples for s in group]
     # aligned models repeat themselves: encode each distinct text once (same numbers, less work)
     unique = list(dict.fromkeys(flat))
@@ -94,4 +100,4 @@ def embedding_distance(samples: list[list[str]]) -> float:
     for group in samples:
         out.append(pairwise_cosine_distance(vecs[start : start + len(group)]))
         start += len(group)
-    return float(np.mean(out))
+    return out

@@ -70,7 +70,9 @@ class MetricSpec:
     """Everything any part of calmerge needs to know about one metric.
 
     `fn` is the point estimate: `fn(view, n_bins)` for choice metrics, `fn(samples)` over every
-    prompt's samples for generation metrics. `rows` is a choice metric's replicate-batched form
+    prompt's samples for generation metrics. `prompt_values` (generation metrics only): each
+    prompt's own value, `fn` being their mean — what an estimate from a subset of prompts and
+    a bootstrap over prompts need. `rows` is a choice metric's replicate-batched form
     (None: the bootstrap calls `fn` once per replicate). `percent`: stored as a fraction, drawn
     and printed as percent. `expensive`: the bootstrap uses only its first
     `bootstrap.EXPENSIVE_BOOT_CAP` replicates. `diversity_rank`: order of preference for the
@@ -89,6 +91,7 @@ class MetricSpec:
     expensive: bool = False
     diversity_rank: int | None = None
     needs_embedder: bool = False
+    prompt_values: Callable[[Sequence[Sequence[str]]], np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         # a malformed spec is a bug in calmerge: refuse it at import, before any number is made
@@ -102,6 +105,9 @@ class MetricSpec:
             raise ValueError(f"metric {self.name!r}: only choice metrics are bootstrapped")
         if self.source != "generations" and self.needs_embedder:
             raise ValueError(f"metric {self.name!r}: only generation metrics embed samples")
+        if (self.source == "generations") != (self.prompt_values is not None):
+            raise ValueError(f"metric {self.name!r}: generation metrics, and only they, have"
+                             " per-prompt values")
 
     @property
     def higher_is_better(self) -> bool:
@@ -157,18 +163,19 @@ def generation_metric(
 ) -> Callable[[Callable], Callable]:
     """Register a metric of sampled generations.
 
-    `per_prompt=True`: `fn(samples of one prompt) -> float`, averaged over prompts (diversity is
-    measured for the same request, never across requests). `per_prompt=False`: `fn` takes every
-    prompt's samples at once and does its own per-prompt averaging — embedding distance does, so
-    that all texts are encoded in one batch.
+    `per_prompt=True`: `fn(samples of one prompt) -> float` (diversity is measured for the same
+    request, never across requests). `per_prompt=False`: `fn` takes every prompt's samples at
+    once and returns each prompt's value — embedding distance does, so that all texts are
+    encoded in one batch. Either way the metric is the mean over prompts.
     """
 
     def deco(fn: Callable) -> Callable:
-        whole = _mean_over_prompts(fn, name) if per_prompt else fn
+        values = _each_prompt(fn) if per_prompt else _as_array(fn)
         METRICS.add(
             name,
-            MetricSpec(name, direction, label, unit, "generations", whole,
-                       diversity_rank=diversity_rank, needs_embedder=needs_embedder),
+            MetricSpec(name, direction, label, unit, "generations", _mean_over_prompts(values, name),
+                       diversity_rank=diversity_rank, needs_embedder=needs_embedder,
+                       prompt_values=values),
         )
         return fn
 
@@ -191,9 +198,24 @@ def task_metric(
     return deco
 
 
-def _mean_over_prompts(fn: PromptFn, name: str) -> SamplesFn:
+def _each_prompt(fn: PromptFn) -> Callable[[Sequence[Sequence[str]]], np.ndarray]:
+    def each(samples: Sequence[Sequence[str]]) -> np.ndarray:
+        return np.array([fn(list(g)) for g in samples], dtype=np.float64)
+
+    return each
+
+
+def _as_array(fn: Callable) -> Callable[[Sequence[Sequence[str]]], np.ndarray]:
+    def each(samples: Sequence[Sequence[str]]) -> np.ndarray:
+        return np.asarray(fn([list(g) for g in samples]), dtype=np.float64)
+
+    return each
+
+
+def _mean_over_prompts(values: Callable[[Sequence[Sequence[str]]], np.ndarray],
+                       name: str) -> SamplesFn:
     def over_prompts(samples: Sequence[Sequence[str]]) -> float:
-        return float(np.mean([fn(list(g)) for g in samples]))
+        return float(np.mean(values(samples)))
 
     over_prompts.__doc__ = f"{name} of each prompt's samples, averaged over prompts."
     return over_prompts
@@ -300,7 +322,7 @@ generation_metric("distinct_answers", "max", label="distinct answers", unit="cou
                   diversity_rank=6)(div.distinct_answers)
 generation_metric("embed_distance", "max", label="embedding diversity",
                   unit="1 − cos", per_prompt=False, diversity_rank=2,
-                  needs_embedder=True)(div.embedding_distance)
+                  needs_embedder=True)(div.embedding_distances)
 
 
 AGGREGATES = ("macro", "micro")
@@ -417,3 +439,15 @@ def diversity_metrics(samples: list[list[str]], *, embed: bool = True) -> dict[s
         for spec in specs("generations")
         if embed or not spec.needs_embedder
     }
+
+
+#: the objective name that stands for the preferred generation-diversity metric
+DIVERSITY = "diversity"
+
+
+def generation_objective(name: str) -> str:
+    """`diversity` as the registry's preferred generation metric (lowest `diversity_rank`:
+    distinct-2), any other name as itself — so a stored study names the metric it measured."""
+    if name != DIVERSITY:
+        return name
+    return next(s.name for s in diversity_candidates() if s.source == "generations")

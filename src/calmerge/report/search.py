@@ -1,7 +1,7 @@
 """The report of a per-layer search: did layer-wise λ buy anything over one λ?
 
-Figures: both frontiers on test in (ECE, accuracy) with every λ point and the parents; the
-coefficient profile — λ at every block — of each frontier candidate (two panels, attention and
+Figures: both frontiers on test in (ECE, accuracy) with every λ point and the parents (and in
+(diversity, accuracy) when diversity is an objective); the coefficient profile — λ at every block — of each frontier candidate (two panels, attention and
 MLP, for an `attn-mlp` space); the anchor estimates against the full-dev values of the
 candidates scored both ways. Tables: the search frontier, the λ frontier, the budget.
 """
@@ -29,9 +29,24 @@ def _genes(c: Candidate, genes: Sequence[str]) -> str:
     return " ".join(f"{g}={v:g}" for g, v in zip(genes, c.genome, strict=True))
 
 
+def _label(name: str) -> str:
+    from calmerge.eval.metrics import METRICS
+
+    return METRICS.get(name).label
+
+
+def _arrow(name: str) -> str:
+    from calmerge.analysis.budget import higher_is_better
+
+    return "↑" if higher_is_better(name) else "↓"
+
+
 def search_sentences(v: SearchVerdict, study: dict[str, Any]) -> list[str]:
     """The verdict in words (report, CLI and model card alike)."""
     gap = v.gap
+    div = v.diversity
+    axes = "accuracy ↑, ECE ↓" + (f", {_label(div)} {_arrow(div)}" if div else "")
+    over = "test items and test prompts" if div else "test items"
     ci = (f"95% CI {gap.lo:+.5f} to {gap.hi:+.5f}" if not math.isnan(gap.lo)
           else "no interval")
     n_lam = len(v.lam_points)
@@ -41,54 +56,71 @@ def search_sentences(v: SearchVerdict, study: dict[str, Any]) -> list[str]:
         "layer-wise coefficients bought nothing measurable over one λ at this budget"
     )
     out = [
-        f"Test hypervolume (accuracy ↑, ECE ↓): search {v.hv_search:.5f} against {v.hv_lam:.5f}"
+        f"Test hypervolume ({axes}): search {v.hv_search:.5f} against {v.hv_lam:.5f}"
         f" for the scalar-λ sweep the same dev budget pays for ({n_lam} λ points): difference"
-        f" {gap.value:+.5f} ({ci}, paired bootstrap over test items) — {bought}.",
+        f" {gap.value:+.5f} ({ci}, paired bootstrap over {over}) — {bought}.",
         f"Search {study['space']} ({len(v.genes)} genes, {study['algorithm'].upper()}):"
-        f" {len(v.candidates)} candidates on {v.n_anchor} anchor items each,"
-        f" {sum(c.full for c in v.candidates)} promoted to all {v.n_dev} dev items;"
+        f" {len(v.candidates)} candidates on {v.n_anchor} anchor items each"
+        + (f" and {v.n_prompts[1]} anchor prompts" if div else "") + ","
+        f" {sum(c.full for c in v.candidates)} promoted to all {v.n_dev} dev items"
+        + (f" and {v.n_prompts[0]} dev prompts" if div else "") + ";"
         f" {v.spent:,} dev item-evaluations spent.",
     ]
     pick = v.pick
+
+    def numbers(p: Any) -> str:
+        extra = f", {_label(div)} {value_of(p, div, 'test'):.3f}" if div else ""
+        return f"{_pct(value_of(p, 'acc', 'test'))} (ECE {value_of(p, 'ece', 'test'):.3f}{extra})"
+
     out.append(
-        f"The most accurate candidate of the dev frontier scores {_pct(pick.on('test', 'acc'))}"
-        f" (ECE {pick.on('test', 'ece'):.3f}) on test; base {_pct(value_of(v.base, 'acc', 'test'))}"
-        f" (ECE {value_of(v.base, 'ece', 'test'):.3f}), aligned"
-        f" {_pct(value_of(v.aligned, 'acc', 'test'))} (ECE {value_of(v.aligned, 'ece', 'test'):.3f})."
+        f"The most accurate candidate of the dev frontier scores {numbers(pick.point)} on test;"
+        f" base {numbers(v.base)}, aligned {numbers(v.aligned)}."
     )
     if v.n_ranked >= 3:
+        extra = f", {v.rank_div:.2f} ({_label(div)})" if div else ""
         out.append(
             f"The anchor estimates rank the {v.n_ranked} candidates scored both ways with"
-            f" Spearman ρ = {v.rank_acc:.2f} (accuracy) and {v.rank_ece:.2f} (ECE) against their"
-            " full-dev values."
+            f" Spearman ρ = {v.rank_acc:.2f} (accuracy), {v.rank_ece:.2f} (ECE){extra} against"
+            " their full-dev values."
+        )
+    if div:
+        out.append(
+            f"{_label(div)} is measured on each prompt's sampled generations; the"
+            f" open-ended prompts were split into {v.n_prompts[0]} dev and {v.n_prompts[2]}"
+            " test prompts, and candidates were chosen on the dev prompts alone."
         )
     out.append("Frontiers were chosen on dev; every number above is on test.")
     return out
 
 
 def fronts_figure(v: SearchVerdict):
-    """Both frontiers on test: accuracy against ECE; λ points light, parents marked."""
-    fig = _new_figure(6.0, 4.2)
-    ax = fig.add_subplot()
+    """Both frontiers on test: accuracy against ECE (and against the diversity objective, a
+    second panel); λ points light, parents marked. A 3-objective frontier is drawn as points:
+    its members need not be ordered along either plane's axis."""
+    xs = ["ece", v.diversity] if v.diversity else ["ece"]
+    fig = _new_figure(6.0 * len(xs), 4.2)
+    axes = fig.subplots(1, len(xs), squeeze=False)[0]
+    style = "o" if v.diversity else "-o"
+    for ax, xname in zip(axes, xs, strict=True):
+        def xy(points, xname=xname):
+            return ([value_of(p, xname, "test") for p in points],
+                     [100 * value_of(p, "acc", "test") for p in points])
 
-    def xy(points):
-        return ([value_of(p, "ece", "test") for p in points],
-                [100 * value_of(p, "acc", "test") for p in points])
-
-    tested = [p for p in v.lam_points if "test" in p.metrics]
-    ax.plot(*xy(tested), ".", color="#bbbbbb", label="λ points")
-    x, y = xy(sorted(v.lam_front, key=lambda p: value_of(p, "ece", "test")))
-    ax.plot(x, y, "-o", color="#1f77b4", ms=4, label="λ frontier")
-    x, y = xy(sorted((c.point for c in v.front), key=lambda p: value_of(p, "ece", "test")))
-    ax.plot(x, y, "-o", color=PARENT_STYLE["pick"][0], ms=5, label="search frontier")
-    for name, p in (("base", v.base), ("aligned", v.aligned)):
-        color, marker = PARENT_STYLE[name]
-        ax.plot(*xy([p]), marker, color=color, ms=8, label=name)
-    ax.set_xlabel("ECE (test)")
-    ax.set_ylabel("accuracy % (test)")
-    ax.set_title("search vs one λ at equal budget (chosen on dev)", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, frameon=False)
+        tested = [p for p in v.lam_points if "test" in p.metrics]
+        ax.plot(*xy(tested), ".", color="#bbbbbb", label="λ points")
+        x, y = xy(sorted(v.lam_front, key=lambda p, xname=xname: value_of(p, xname, "test")))
+        ax.plot(x, y, style, color="#1f77b4", ms=4, label="λ frontier")
+        x, y = xy(sorted((c.point for c in v.front),
+                         key=lambda p, xname=xname: value_of(p, xname, "test")))
+        ax.plot(x, y, style, color=PARENT_STYLE["pick"][0], ms=5, label="search frontier")
+        for name, p in (("base", v.base), ("aligned", v.aligned)):
+            color, marker = PARENT_STYLE[name]
+            ax.plot(*xy([p]), marker, color=color, ms=8, label=name)
+        ax.set_xlabel(f"{'ECE' if xname == 'ece' else _label(xname)} (test)")
+        ax.set_ylabel("accuracy % (test)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("search vs one λ at equal budget (chosen on dev)", fontsize=10)
+    axes[0].legend(fontsize=8, frameon=False)
     return fig
 
 
@@ -121,9 +153,12 @@ def ranking_figure(v: SearchVerdict):
     """Anchor estimate against full-dev value, accuracy and ECE, for every candidate scored
     both ways: how far the cheap first look can be trusted."""
     ranked = [c for c in v.candidates if c.full and "estimate" in c.point.metrics]
-    fig = _new_figure(8.0, 3.4)
-    axes = fig.subplots(1, 2)
-    for ax, name, rho in ((axes[0], "acc", v.rank_acc), (axes[1], "ece", v.rank_ece)):
+    panels = [("acc", v.rank_acc), ("ece", v.rank_ece)]
+    if v.diversity:
+        panels.append((v.diversity, v.rank_div))
+    fig = _new_figure(4.0 * len(panels), 3.4)
+    axes = fig.subplots(1, len(panels))
+    for ax, (name, rho) in zip(axes, panels, strict=True):
         est = [c.on("estimate", name) for c in ranked]
         full = [c.on("dev", name) for c in ranked]
         ax.plot(est, full, "o", ms=4, alpha=0.7)
@@ -136,30 +171,34 @@ def ranking_figure(v: SearchVerdict):
     return fig
 
 
+def _metric_cells(p: Any, names: Sequence[str]) -> list[str]:
+    return [format_metric(n, p.metrics[split].get(n)) for split in ("dev", "test") for n in names]
+
+
+def _metric_columns(v: SearchVerdict) -> tuple[list[str], list[str]]:
+    names = ["acc", "ece", *([v.diversity] if v.diversity else [])]
+    short = {"acc": "acc", "ece": "ECE"}
+    return names, [f"{split} {short.get(n) or _label(n)}" for split in ("dev", "test")
+                   for n in names]
+
+
 def _front_table(v: SearchVerdict) -> Table:
-    rows = [Row([str(c.point_id), _genes(c, v.genes),
-                 format_metric("acc", c.point.metrics["dev"]["acc"]),
-                 format_metric("ece", c.point.metrics["dev"]["ece"]),
-                 format_metric("acc", c.point.metrics["test"]["acc"]),
-                 format_metric("ece", c.point.metrics["test"]["ece"])],
+    names, cols = _metric_columns(v)
+    rows = [Row([str(c.point_id), _genes(c, v.genes), *_metric_cells(c.point, names)],
                 frozenset({"pick"}) if c is v.pick else frozenset({"front"}))
             for c in v.front]
     return Table(split="test", caption="The search frontier (chosen on dev), best dev accuracy"
                  " first; candidate ids for `export --pick candidate=ID`",
-                 columns=["candidate", "genes", "dev acc", "dev ECE", "test acc", "test ECE"],
-                 rows=rows)
+                 columns=["candidate", "genes", *cols], rows=rows)
 
 
 def _lam_table(v: SearchVerdict) -> Table:
-    rows = [Row([point_label(p), format_metric("acc", p.metrics["dev"]["acc"]),
-                 format_metric("ece", p.metrics["dev"]["ece"]),
-                 format_metric("acc", p.metrics["test"]["acc"]),
-                 format_metric("ece", p.metrics["test"]["ece"])],
+    names, cols = _metric_columns(v)
+    rows = [Row([point_label(p), *_metric_cells(p, names)],
                 frozenset({"base"}) if p.lam in (0.0, 1.0) else frozenset())
             for p in v.lam_front]
     return Table(split="test", caption=f"The scalar-λ frontier at the same budget ({len(v.lam_points)}"
-                 " λ points, chosen on dev)", columns=["point", "dev acc", "dev ECE", "test acc",
-                                                       "test ECE"], rows=rows)
+                 " λ points, chosen on dev)", columns=["point", *cols], rows=rows)
 
 
 def write_search_report(v: SearchVerdict, out_dir: Path, *, title: str, meta: dict[str, str],
@@ -175,8 +214,10 @@ def write_search_report(v: SearchVerdict, out_dir: Path, *, title: str, meta: di
             "profiles": save_png(profiles_figure(v, study, n_layers), figs_dir / "profiles.png"),
         }
         captions = {
-            "fronts": "Accuracy against ECE on test: the search frontier and the scalar-λ"
-                      " frontier of the same dev budget, both chosen on dev",
+            "fronts": "Accuracy against ECE"
+                      + (f" and against {_label(v.diversity)}" if v.diversity else "")
+                      + " on test: the search frontier and the scalar-λ frontier of the same"
+                      " dev budget, both chosen on dev",
             "profiles": "λ at every layer for each candidate of the search frontier (the most"
                         " accurate drawn thick)",
         }
@@ -188,8 +229,10 @@ def write_search_report(v: SearchVerdict, out_dir: Path, *, title: str, meta: di
         rows += [("space", study["space"]), ("algorithm", study["algorithm"]),
                  ("population", str(study["population"])),
                  ("budget", f"{v.spent:,} of {study['budget'] or 'default'} dev item-evaluations"),
-                 ("anchors", f"{v.n_anchor} of {v.n_dev} dev items"),
-                 ("hypervolume reference", f"accuracy {v.ref[0]:.4f}, ECE {v.ref[1]:.4f}")]
+                 ("anchors", f"{v.n_anchor} of {v.n_dev} dev items"
+                  + (f"; {v.n_prompts[1]} of {v.n_prompts[0]} dev prompts" if v.diversity else "")),
+                 ("hypervolume reference", f"accuracy {v.ref[0]:.4f}, ECE {v.ref[1]:.4f}"
+                  + (f", {_label(v.diversity)} {v.ref[2]:.4f}" if v.diversity else ""))]
         content = ReportContent(
             title=title, meta=rows, sentences=search_sentences(v, study), superior=v.bought,
             tables=[_front_table(v), _lam_table(v)], captions=captions,

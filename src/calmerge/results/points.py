@@ -7,6 +7,7 @@ points without running a sweep (or loading a model). The analysis modules stay p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -183,21 +184,70 @@ def _estimate(m: dict) -> object:
     return Estimate(acc=Metric(*m["acc"]), ece=Metric(*m["ece"]), n=0)
 
 
-def load_search(store: ResultStore, run_id: int, *, n_bins: int = 10) -> tuple:
-    """A search run's stored points as the search verdict reads them: (candidates, λ points,
-    {id(point): its test predictions}, dev items, anchor items per candidate)."""
+@dataclass(frozen=True)
+class StoredSearch:
+    """A search run's stored points as the search verdict reads them."""
+
+    candidates: list  # analysis.search.Candidate
+    lam_points: list[Point]
+    test_predictions: dict[int, list[Prediction]]  # id(point) -> its test predictions
+    n_dev: int
+    n_anchor: int
+    #: a diversity objective: id(point) -> its value on each test prompt (the bootstrap's rows)
+    test_prompts: dict[int, np.ndarray] | None = None
+    n_prompts: tuple[int, int, int] = (0, 0, 0)  # dev, anchor, test prompts
+
+
+def load_search(store: ResultStore, run_id: int, *, n_bins: int = 10,
+                diversity: str | None = None, seed: int = 0) -> StoredSearch:
+    """A search run's stored points (`sweep.search`).
+
+    With a diversity objective, each λ point's dev and test value of it are computed from its
+    stored samples on the dev and test halves of the prompts (`sweep.anchors.split_prompt_ids`,
+    the search's own split), so no number chosen on dev has seen a test prompt; candidates
+    stored theirs when they were scored.
+    """
     from calmerge.analysis.search import Candidate
+    from calmerge.sweep.anchors import ANCHOR_SPLIT, prompt_values, split_prompt_ids
 
     points = load_points(store, run_id, n_bins=n_bins)
     ids = {r.coord: r.id for r in store.points(run_id, status="done")}
+    lam_points = [p for p in points if p.mix is None]
     cands = [Candidate(p, tuple(v for _, v in p.mix), ids[p.coord]) for p in points
              if p.mix is not None]
-    lam_points = [p for p in points if p.mix is None]
     if not cands or not any(c.full for c in cands):
         raise StoreError(f"run {run_id} has no fully scored candidate yet",
                          "run or resume the search first")
+    test_prompts, n_prompts = None, (0, 0, 0)
+    if diversity is not None:
+        gens = {p.coord: store.generations(ids[p.coord]) for p in points}
+        every = next((g for g in (gens[p.coord] for p in lam_points) if g), {})
+        dev_ids, test_ids = split_prompt_ids(list(every), seed)
+        lam_points = [_with_prompt_halves(p, diversity, gens[p.coord], dev_ids, test_ids)
+                      for p in lam_points]
+        test_prompts = {id(p): prompt_values(diversity, gens[p.coord], test_ids)
+                        for p in [*lam_points, *(c.point for c in cands)] if "test" in p.metrics}
+        scouted = next((c for c in cands if not c.full), None)
+        n_anchor_prompts = len(gens[scouted.point.coord]) if scouted else 0
+        n_prompts = (len(dev_ids), n_anchor_prompts, len(test_ids))
     test = {id(p): store.predictions(ids[p.coord], "test")
             for p in [c.point for c in cands] + lam_points if "test" in p.metrics}
     n_dev = len(store.items(run_id, "dev"))
-    anchor = next((len(store.predictions(c.point_id, "anchor")) for c in cands), 0)
-    return cands, lam_points, test, n_dev, anchor
+    anchor = next((len(store.predictions(c.point_id, ANCHOR_SPLIT)) for c in cands), 0)
+    return StoredSearch(cands, lam_points, test, n_dev, anchor, test_prompts, n_prompts)
+
+
+def _with_prompt_halves(p: Point, metric: str, gens: dict[str, list[str]],
+                        dev_ids: Sequence[str], test_ids: Sequence[str]) -> Point:
+    """A λ point with `metric` on its dev and test splits, each the mean over that half of the
+    prompts of its stored samples (its generation split averages over all prompts)."""
+    from calmerge.sweep.anchors import prompt_values
+
+    if not gens:
+        return p
+    metrics = {k: dict(v) for k, v in p.metrics.items()}
+    for split, half in (("dev", dev_ids), ("test", test_ids)):
+        if split in metrics:
+            value = float(np.mean(prompt_values(metric, gens, half)))
+            metrics[split][metric] = Metric(value, float("nan"), float("nan"))
+    return dataclasses.replace(p, metrics=metrics)

@@ -462,15 +462,31 @@ class ResultStore:
         *,
         metrics: dict[str, dict[str, tuple[float, float, float]]],
         predictions: dict[str, Sequence[Prediction]],
+        generations: dict[str, list[str]] | None = None,
     ) -> None:
         """Write some splits of a point that is still being computed — one transaction.
 
         A multi-task sweep saves each task as it is scored, so a killed point resumes with the
         tasks it had finished (their rows are kept; the point stays unfinished until
-        `finish_point`). The splits written replace any earlier rows of the same splits.
+        `finish_point`). The splits written replace any earlier rows of the same splits;
+        `generations` (by prompt id) are added beside the point's others, replacing those of
+        the same prompts (a search samples a candidate's prompts rung by rung).
         """
         with self._tx() as c:
             self._write_splits(c, point_id, metrics, predictions)
+            for pid in generations or {}:
+                c.execute("DELETE FROM generations WHERE point_id = ? AND prompt_id = ?",
+                          (point_id, pid))
+            self._write_generations(c, point_id, generations)
+
+    @staticmethod
+    def _write_generations(c: sqlite3.Connection, point_id: int,
+                           generations: dict[str, list[str]] | None) -> None:
+        c.executemany(
+            "INSERT INTO generations(point_id, prompt_id, k, text) VALUES (?, ?, ?, ?)",
+            [(point_id, pid, k, text) for pid, texts in (generations or {}).items()
+             for k, text in enumerate(texts)],
+        )
 
     @staticmethod
     def _write_splits(
@@ -536,14 +552,7 @@ class ResultStore:
             c.execute(f"DELETE FROM predictions WHERE point_id = ?{spare}", (point_id, *kept))
             c.execute("DELETE FROM generations WHERE point_id = ?", (point_id,))
             self._write_splits(c, point_id, metrics, predictions)
-            c.executemany(
-                "INSERT INTO generations(point_id, prompt_id, k, text) VALUES (?, ?, ?, ?)",
-                [
-                    (point_id, pid, k, text)
-                    for pid, texts in (generations or {}).items()
-                    for k, text in enumerate(texts)
-                ],
-            )
+            self._write_generations(c, point_id, generations)
             c.execute(
                 "UPDATE points SET status = 'done', worker = NULL, heartbeat = ?, seconds = ?"
                 " WHERE id = ?",

@@ -7,6 +7,12 @@ the frontier could still change. This module owns the anchors as a split of the 
 (its own scorer, tokenised once) and the store rows of the rung: split "anchor" (the anchor
 items' plain metrics and per-item predictions) and "estimate" (the weighted full-dev estimate
 with its bootstrap interval).
+
+A search with a diversity objective has a second rung beside the items: anchor *prompts*.
+The open-ended prompts are split once into dev and test halves (`split_prompt_ids`); the
+parents' per-prompt diversity on the dev prompts chooses anchor prompts the way their per-item
+answers choose anchor items, a candidate samples only the anchor prompts at first, and its
+full-dev diversity is estimated from them (`analysis.budget.estimate_mean`).
 """
 
 from __future__ import annotations
@@ -25,15 +31,49 @@ def default_anchors(n_dev: int) -> int:
     return min(n_dev, max(16, round(0.1 * n_dev)))
 
 
+def default_anchor_prompts(n_dev_prompts: int) -> int:
+    """A quarter of the dev prompts, at least 4: a prompt's value averages K samples, so fewer
+    stand for more than items do, and sampling costs more than scoring."""
+    return min(n_dev_prompts, max(4, round(0.25 * n_dev_prompts)))
+
+
+#: the fewest open-ended prompts a diversity search can split into dev and test halves
+MIN_PROMPTS = 4
+
+
+def split_prompt_ids(ids: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+    """The prompts' ids in two halves, (dev, test), each sorted: a seeded shuffle of the
+    sorted ids, the first ⌈n/2⌉ for dev. Depends only on the ids and the seed, so the report
+    finds the same halves from the stored generations alone."""
+    ordered = sorted(ids)
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    half = (len(ordered) + 1) // 2
+    return (sorted(ordered[i] for i in perm[:half]), sorted(ordered[i] for i in perm[half:]))
+
+
+def prompt_values(metric: str, generations: dict[str, list[str]], ids: Sequence[str]) -> np.ndarray:
+    """Each prompt's value of a generation metric, for the prompts `ids` of stored samples."""
+    from calmerge.eval.metrics import METRICS
+
+    return METRICS.get(metric).prompt_values([generations[i] for i in ids])
+
+
 class AnchorRung:
     """Anchors of one sweep's single task, chosen from the parents' stored dev predictions."""
 
-    def __init__(self, sweep: Any, k: int) -> None:
+    def __init__(self, sweep: Any, k: int, *, diversity: str | None = None,
+                 prompts: Sequence[Any] = (), k_prompts: int = 0) -> None:
         self.sweep = sweep
         self.task = sweep.tasks[0]
         self.k = k
         self.anchors: Any = None
         self.scorer: Any = None
+        #: a diversity objective: its metric, the dev prompts, anchor prompts chosen among them
+        self.diversity = diversity
+        self.prompts = list(prompts)
+        self.k_prompts = k_prompts
+        self.prompt_anchors: Any = None
+        self.anchor_prompts: list[Any] = []
 
     def choose(self, base_id: int, aligned_id: int) -> None:
         """Per item, whether each parent was right and how confident it was (what
@@ -61,20 +101,36 @@ class AnchorRung:
         items = [dev.items[i] for i in self.anchors.indices]
         self.task.benches[ANCHOR_SPLIT] = dataclasses.replace(dev, items=tuple(items))
         self.scorer = task_scorer(self.task, self.sweep._tokenizer, cfg, items)
+        if self.diversity:  # per dev prompt, each parent's diversity (from its stored samples)
+            ids = [p.id for p in self.prompts]
+            feats = np.column_stack([prompt_values(self.diversity, store.generations(pid), ids)
+                                     for pid in (base_id, aligned_id)])
+            self.prompt_anchors = choose_anchors(feats, self.k_prompts, seed=cfg.seed)
+            self.anchor_prompts = [self.prompts[i] for i in self.prompt_anchors.indices]
 
     @property
     def size(self) -> int:
         """Anchor items actually chosen (fewer than k when items repeat)."""
         return len(self.anchors.indices)
 
-    def score(self) -> tuple[dict, dict]:
-        """The live model on the anchors: (metrics, predictions) by split, for the store."""
+    def score(self) -> tuple[dict, dict, dict]:
+        """The live model on the anchors: (metrics, predictions) by split and the samples of
+        the anchor prompts by prompt id (a diversity objective; else none), for the store."""
+        from calmerge.analysis.budget import estimate_mean
         from calmerge.sweep.tasks import score_split
 
         got = score_split(self.task, ANCHOR_SPLIT, self.scorer.score(self.sweep._model),
                           self.sweep.cfg)
-        return ({ANCHOR_SPLIT: got.metrics, ESTIMATE_SPLIT: self._estimate(got.predictions)},
-                {ANCHOR_SPLIT: got.predictions})
+        metrics = {ANCHOR_SPLIT: dict(got.metrics), ESTIMATE_SPLIT: self._estimate(got.predictions)}
+        gens: dict[str, list[str]] = {}
+        if self.diversity:
+            gens = self.sweep.sample(self.anchor_prompts)
+            values = prompt_values(self.diversity, gens, list(gens))
+            nan = float("nan")
+            metrics[ANCHOR_SPLIT][self.diversity] = (float(np.mean(values)), nan, nan)
+            est = estimate_mean(self.prompt_anchors, values, seed=self.sweep.cfg.seed)
+            metrics[ESTIMATE_SPLIT][self.diversity] = (est.value, est.lo, est.hi)
+        return metrics, {ANCHOR_SPLIT: got.predictions}, gens
 
     def _estimate(self, preds: Sequence[Any]) -> dict[str, tuple[float, float, float]]:
         from calmerge.analysis.budget import estimate
@@ -91,15 +147,18 @@ class AnchorRung:
         from calmerge.eval.metrics import Metric
 
         m = metrics[ESTIMATE_SPLIT]
-        return Estimate(acc=Metric(*m["acc"]), ece=Metric(*m["ece"]), n=self.size)
+        others = ((self.diversity, Metric(*m[self.diversity])),) if self.diversity else ()
+        return Estimate(acc=Metric(*m["acc"]), ece=Metric(*m["ece"]), n=self.size, others=others)
 
 
-def exact(acc: float, ece: float, n: int) -> Any:
-    """A point scored on all of dev as racing sees it: a zero-width interval."""
+def exact(acc: float, ece: float, n: int, others: dict[str, float] | None = None) -> Any:
+    """A point scored on all of dev as racing sees it: zero-width intervals (`others`: further
+    objectives' exact values, e.g. diversity over all dev prompts)."""
     from calmerge.analysis.budget import Estimate
     from calmerge.eval.metrics import Metric
 
-    return Estimate(acc=Metric(acc, acc, acc), ece=Metric(ece, ece, ece), n=n)
+    rest = tuple((k, Metric(v, v, v)) for k, v in (others or {}).items())
+    return Estimate(acc=Metric(acc, acc, acc), ece=Metric(ece, ece, ece), n=n, others=rest)
 
 
 # ── sweep --budget ──
@@ -158,7 +217,7 @@ def budgeted_sweep(sweep: Any, family: str, lams: Sequence[float], outcome: Any,
                     bar.describe(f"{family} λ={lam:g} on {rung.size} anchor items")
                     sweep._load()
                     sweep._interp.apply(family, lam)
-                    m, preds = rung.score()
+                    m, preds, _ = rung.score()
                     store.save_splits(pid, metrics=m, predictions=preds)
                 finally:
                     with contextlib.suppress(StoreError):

@@ -373,27 +373,27 @@ class Sweep:
                 metrics[split] = {k: (m.value, m.lo, m.hi) for k, m in agg.items()}
         gens: dict[str, list[str]] = {}
         if self.prompts:
-            from calmerge.eval.generate import sample_generations
             from calmerge.eval.metrics import diversity_metrics
 
             apply()
-            samples = sample_generations(
-                self._model,
-                self._tokenizer,
-                self.prompts,
-                k=cfg.samples,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens,
-                seed=cfg.seed,
-                chat=cfg.prompt_format == "chat",
-                stop_ids=cfg.stop_token_ids,
-            )
-            div = diversity_metrics(samples, embed=cfg.embed_diversity)
+            gens = self.sample(self.prompts)
+            div = diversity_metrics(list(gens.values()), embed=cfg.embed_diversity)
             metrics[GENERATION_SPLIT] = {k: (v, float("nan"), float("nan")) for k, v in div.items()}
-            gens = {p.id: s for p, s in zip(self.prompts, samples, strict=True)}
             advance(len(self.prompts) * cfg.samples)
         return metrics, preds, gens
+
+    def sample(self, prompts: Sequence[Any]) -> dict[str, list[str]]:
+        """K samples per prompt from the live model as it stands, by prompt id (in order), with
+        the sweep's sampling settings and seed."""
+        from calmerge.eval.generate import sample_generations
+
+        cfg = self.cfg
+        samples = sample_generations(
+            self._model, self._tokenizer, prompts, k=cfg.samples, temperature=cfg.temperature,
+            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+            chat=cfg.prompt_format == "chat", stop_ids=cfg.stop_token_ids,
+        )
+        return {p.id: s for p, s in zip(prompts, samples, strict=True)}
 
     def _score(self, task: Any, split: str) -> Any:
         from calmerge.sweep.tasks import score_split

@@ -15,6 +15,13 @@ frontier (their optimistic bound is not dominated by anyone's pessimistic bound)
 (pymoo, ask/tell) sees each candidate's best-known numbers: full dev where it was promoted,
 else the estimate. The budget counts dev item-evaluations.
 
+A diversity objective (`--objectives acc,ece,diversity`, a generation metric of the registry)
+is raced the same way on sampled generations: the open-ended prompts are split once into dev
+and test halves, a candidate first samples only the anchor prompts (chosen from the parents'
+per-prompt diversity), is estimated from them with a bootstrap interval over prompts, and a
+promotion samples the rest of the dev prompts. Its samples are stored with it, so a resumed
+search reads them back like its scores.
+
 Every evaluation is a row of the results store (a candidate is a point keyed by its genome;
 splits "anchor", "dev", "test"), and the algorithm is seeded: a killed search re-runs the same
 generations, reads every stored evaluation back instead of recomputing it, and continues.
@@ -34,11 +41,20 @@ from typing import Any
 
 import numpy as np
 
+from calmerge.analysis.budget import higher_is_better
 from calmerge.config import MergeConfig, SearchConfig
 from calmerge.coords import Weights, weights_of
 from calmerge.errors import ConfigError
 from calmerge.merge.genome import Space, candidate_settings, check_layers, parse_space, round_genome
-from calmerge.sweep.anchors import AnchorRung, default_anchors, exact
+from calmerge.sweep.anchors import (
+    MIN_PROMPTS,
+    AnchorRung,
+    default_anchor_prompts,
+    default_anchors,
+    exact,
+    prompt_values,
+    split_prompt_ids,
+)
 
 #: the family every candidate and the λ baseline are stored under (both are `linear` merges)
 FAMILY = "linear"
@@ -100,12 +116,12 @@ class Evaluated:
     genome: tuple[float, ...]
     point_id: int
     estimate: Any  # analysis.budget.Estimate
-    dev: dict[str, float] | None = None  # acc, ece on all of dev
+    dev: dict[str, float] | None = None  # every objective on all of dev (items and prompts)
 
     def value(self, name: str) -> float:
         if self.dev is not None:
             return self.dev[name]
-        return getattr(self.estimate, name).value
+        return self.estimate.get(name).value
 
 
 @dataclass
@@ -135,6 +151,11 @@ class Search:
         base = open_checkpoint(cfg.base, allow_pickle=cfg.allow_pickle,
                                trust_remote_code=cfg.trust_remote_code)
         check_layers(self.space, base.num_layers, str(cfg.base))
+        self.diversity = cfg.diversity
+        self.dev_prompts: list[Any] = []
+        self.test_prompts: list[Any] = []
+        if self.diversity:
+            self._split_prompts()
         dev = load_benchmark(cfg.dev)
         if dev.scoring is not None:
             raise ConfigError(
@@ -150,7 +171,28 @@ class Search:
         self.run = self.sweep.run
         self.task = self.sweep.tasks[0]
         self.n_dev = len(self.task.scorers["dev"].items)
-        self.rung = AnchorRung(self.sweep, self.n_anchors)
+        n_p = len(self.dev_prompts)
+        self.rung = AnchorRung(self.sweep, self.n_anchors, diversity=self.diversity,
+                               prompts=self.dev_prompts,
+                               k_prompts=min(n_p, cfg.anchor_prompts or default_anchor_prompts(n_p)))
+
+    def _split_prompts(self) -> None:
+        """The open-ended prompts in dev and test halves (`split_prompt_ids`): candidates are
+        selected on the dev prompts' diversity and the final frontiers reported on the test
+        prompts', as with items."""
+        from calmerge.eval.data.files import load_prompts
+
+        prompts = load_prompts(self.cfg.prompts)
+        if len(prompts) < MIN_PROMPTS:
+            raise ConfigError(
+                f"--prompts {self.cfg.prompts}: {len(prompts)} prompts; a diversity search"
+                f" splits them into dev and test halves and needs at least {MIN_PROMPTS}",
+                "give more open-ended prompts (tens: diversity is averaged over prompts)",
+            )
+        dev_ids, _ = split_prompt_ids([p.id for p in prompts], self.cfg.seed)
+        dev = set(dev_ids)
+        self.dev_prompts = [p for p in prompts if p.id in dev]
+        self.test_prompts = [p for p in prompts if p.id not in dev]
 
     # ── evaluation of one candidate ──
     def _apply(self, genome: Sequence[float]) -> None:
@@ -193,9 +235,9 @@ class Search:
             start = time.perf_counter()
             try:
                 self._apply(genome)
-                metrics, preds = self.rung.score()
+                metrics, preds, gens = self.rung.score()
                 self.store.finish_point(pid, metrics=metrics, predictions=preds,
-                                        seconds=time.perf_counter() - start)
+                                        generations=gens, seconds=time.perf_counter() - start)
             except BaseException:
                 self.store.release(pid)
                 raise
@@ -211,22 +253,32 @@ class Search:
         """Score a candidate on all of dev (once: a stored dev split is read back)."""
         metrics = self.store.metrics(ev.point_id)
         if "dev" not in metrics:
-            self._apply(ev.genome)
-            got = self._score(self.task.scorers["dev"], "dev")
-            self.store.save_splits(ev.point_id, metrics={"dev": got.metrics},
-                                   predictions={"dev": got.predictions})
+            self._save_split(ev, "dev", self.dev_prompts)
             outcome.computed += 1
             metrics = self.store.metrics(ev.point_id)
         outcome.spent += self.n_dev
-        ev.dev = {k: metrics["dev"][k][0] for k in ("acc", "ece")}
+        ev.dev = {k: metrics["dev"][k][0] for k in self.cfg.objectives}
 
     def score_test(self, ev: Evaluated) -> None:
         """The final frontier's candidates on test (not part of the dev budget)."""
         if "test" not in self.store.metrics(ev.point_id):
-            self._apply(ev.genome)
-            got = self._score(self.task.scorers["test"], "test")
-            self.store.save_splits(ev.point_id, metrics={"test": got.metrics},
-                                   predictions={"test": got.predictions})
+            self._save_split(ev, "test", self.test_prompts)
+
+    def _save_split(self, ev: Evaluated, split: str, prompts: Sequence[Any]) -> None:
+        """The candidate on every item of `split` and, with a diversity objective, on every
+        prompt of that half (sampling only those its rungs have not sampled yet): the
+        split's metrics, predictions and new samples in one transaction."""
+        self._apply(ev.genome)
+        got = self._score(self.task.scorers[split], split)
+        metrics, gens = dict(got.metrics), {}
+        if self.diversity:
+            have = self.store.generations(ev.point_id)
+            missing = [p for p in prompts if p.id not in have]
+            gens = self.sweep.sample(missing) if missing else {}
+            values = prompt_values(self.diversity, {**have, **gens}, [p.id for p in prompts])
+            metrics[self.diversity] = (float(np.mean(values)), float("nan"), float("nan"))
+        self.store.save_splits(ev.point_id, metrics={split: metrics},
+                               predictions={split: got.predictions}, generations=gens)
 
     # ── the loop ──
     def _parents(self, outcome: SearchOutcome, bar: Any) -> None:
@@ -315,8 +367,14 @@ class Search:
         """The parents' exact dev numbers: a candidate they dominate is not worth promoting."""
         out = []
         for lam in (0.0, 1.0):
-            dev = self.store.metrics(self._lam_point(lam))["dev"]
-            out.append(exact(dev["acc"][0], dev["ece"][0], self.n_dev))
+            pid = self._lam_point(lam)
+            dev = self.store.metrics(pid)["dev"]
+            others = {}
+            if self.diversity:
+                values = prompt_values(self.diversity, self.store.generations(pid),
+                                       [p.id for p in self.dev_prompts])
+                others[self.diversity] = float(np.mean(values))
+            out.append(exact(dev["acc"][0], dev["ece"][0], self.n_dev, others))
         return out
 
     def _as_estimate(self, ev: Evaluated) -> Any:
@@ -324,12 +382,12 @@ class Search:
         scored on all of dev, else the anchor estimate."""
         if ev.dev is None:
             return ev.estimate
-        return exact(ev.dev["acc"], ev.dev["ece"], self.n_dev)
+        rest = {self.diversity: ev.dev[self.diversity]} if self.diversity else None
+        return exact(ev.dev["acc"], ev.dev["ece"], self.n_dev, rest)
 
     def _fitness(self, ev: Evaluated) -> list[float]:
-        """pymoo minimises: −accuracy, ECE (best known numbers)."""
-        signs = {"acc": -1.0, "ece": 1.0}
-        return [signs[o] * ev.value(o) for o in self.cfg.objectives]
+        """pymoo minimises: −accuracy, ECE, ∓diversity (best known numbers)."""
+        return [-ev.value(o) if higher_is_better(o) else ev.value(o) for o in self.cfg.objectives]
 
     def _finish(self, outcome: SearchOutcome, bar: Any) -> None:
         """The dev frontier of the fully scored candidates on test; the λ baseline at equal
@@ -354,7 +412,7 @@ class Search:
 
 def dev_front(evs: Sequence[Evaluated], objectives: Sequence[str]) -> list[Evaluated]:
     """The candidates no other fully scored candidate dominates on dev."""
-    signs = {"acc": 1.0, "ece": -1.0}
+    signs = {o: 1.0 if higher_is_better(o) else -1.0 for o in objectives}
     vals = [np.array([signs[o] * e.dev[o] for o in objectives]) for e in evs]
     out = []
     for i, v in enumerate(vals):
