@@ -7,6 +7,13 @@ apply_config`) and scores it with the same scorer. Both score the same dev items
 scorer, so their answers must agree exactly; the run checks it. A third timing is a plain
 λ-sweep point (θ(λ) in place + the same scoring), the cost a search candidate is held to.
 
+Mergenetic's own evaluation path is timed too, as its `LmHarnessEvaluator` runs it for every
+candidate (mergenetic/evaluation/lm_harness.py): a new lm-eval `TaskManager`, the task loaded
+and its test split cut to the anchor ids, the written checkpoint loaded as an lm-eval model,
+`simple_evaluate`. Mergenetic loads the model with vLLM, which needs a GPU; here it is lm-eval's
+HF backend (`HFLM`, bf16), the same harness on the CPU. Its log-likelihoods are compared with
+calmerge's on the anchors (bf16, different batching: agreement to a tolerance, reported).
+
 Model: a random Qwen2 pair in bf16 ("mid": hidden 768, 8 layers, vocab 16k, ~80M parameters;
 "cpu"/"smoke": the sizes of benchmarks/gpu_sweep.py), 200 dev items of 300-word contexts, and
 the search's anchor rung of 20 of them. Each step is timed apart — the merge (in place, or
@@ -15,6 +22,7 @@ rung the search actually runs per candidate and for a full-dev promotion. Target
 candidate ≤ 1.2× a sweep point, ≥ 10× faster than the loop.
 
     python benchmarks/search_vs_loop.py [--candidates 6] [--size mid|cpu|smoke] [--anchors 20]
+                                        [--no-lmeval]
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=6)
     ap.add_argument("--size", default="mid", choices=("mid", "cpu", "smoke"))
     ap.add_argument("--anchors", type=int, default=20)
+    ap.add_argument("--no-lmeval", action="store_true", help="skip Mergenetic's lm-eval path")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(HERE.parent / "src"))
@@ -79,8 +88,11 @@ def main() -> None:
         point = np.mean([timed(lambda lam=lam: (interp.apply("linear", float(lam)),
                                                 full.score(model)))[0]
                          for lam in np.linspace(0, 1, args.candidates)])
-        t = {"apply": [], "anchor": [], "full": [], "write": [], "load": []}
-        ours, theirs = [], []
+        t = {"apply": [], "anchor": [], "full": [], "write": [], "load": [], "lmeval": [],
+             "lm_tasks": [], "lm_load": [], "lm_eval": []}
+        agree = []
+        ours, theirs, gaps = [], [], []
+        task_dir = None if args.no_lmeval else write_lmeval_task(work, items)
         for i, g in enumerate(genomes):
             cfg = candidate_config(space, str(base), str(aligned), g, out_dtype=size["dtype"])
             t["apply"].append(timed(lambda cfg=cfg: interp.apply_config(cfg))[0])
@@ -96,7 +108,16 @@ def main() -> None:
             t["load"].append(dt)
             theirs.append(full.score(m).choice_logprobs.copy())
             del m
-    mean = {k: float(np.mean(v)) for k, v in t.items()}
+            if task_dir is not None:
+                dt, (lls, parts) = timed(lambda out=out: mergenetic_evaluate(out, task_dir,
+                                                                             args.anchors))
+                t["lmeval"].append(dt)
+                for k, v in parts.items():
+                    t[k].append(v)
+                mine = res.choice_logprobs[: args.anchors]
+                gaps.append(float(np.max(np.abs(np.array(lls) - mine))))
+                agree.append(float(np.mean(np.argmax(lls, 1) == np.argmax(mine, 1))))
+    mean = {k: float(np.mean(v)) if v else float("nan") for k, v in t.items()}
     same = all(np.array_equal(a, b) for a, b in zip(ours, theirs, strict=True))
     ours_full, ours_anchor = mean["apply"] + mean["full"], mean["apply"] + mean["anchor"]
     loop_full = mean["write"] + mean["load"] + mean["full"]
@@ -113,8 +134,69 @@ def main() -> None:
           f" {loop_anchor / ours_anchor:.1f}x on the anchor rung; merge step alone"
           f" {(mean['write'] + mean['load']) / mean['apply']:.0f}x (target >= 10x)")
     print(f"identical log-likelihoods in place and from mergekit's checkpoints: {same}")
+    if t["lmeval"]:
+        mergenetic = mean["write"] + mean["lmeval"]
+        print(f"Mergenetic's path on the {args.anchors} anchors: mergekit write"
+              f" {mean['write']:.2f} s + a new TaskManager and task {mean['lm_tasks']:.2f} s"
+              f" + HFLM load {mean['lm_load']:.2f} s + simple_evaluate {mean['lm_eval']:.2f} s"
+              f" (which indexes lm-eval's tasks again: Mergenetic passes it no task manager)"
+              f" = {mergenetic:.2f} s per candidate against {ours_anchor:.2f} s in place:"
+              f" {mergenetic / ours_anchor:.1f}x (target >= 10x; the lean loop above, without"
+              f" lm-eval's per-call set-up, is the bound any disk loop pays)")
+        print(f"lm-eval against calmerge on the anchors (bf16, different batching): the same"
+              f" chosen answer on {100 * min(agree):.0f}% of items or more, log-likelihoods"
+              f" within {max(gaps):.2g} nats")
     print(json.dumps({"point_s": float(point), **{f"{k}_s": v for k, v in mean.items()},
-                      "identical": same}))
+                      "identical": same, "lmeval_max_gap": max(gaps) if gaps else None,
+                      "lmeval_min_agreement": min(agree) if agree else None}))
+
+
+def write_lmeval_task(root: Path, items) -> Path:
+    """The dev items as an lm-eval task over local JSON, prompted as calmerge prompts them
+    ('{question}', choices after a space)."""
+    folder = root / "lmeval_task"
+    folder.mkdir()
+    data = folder / "dev.jsonl"
+    data.write_text("".join(json.dumps({"id": it.id, "question": it.question,
+                                        "choices": list(it.choices), "answer": it.answer})
+                            + "\n" for it in items))
+    (folder / "dev.yaml").write_text(
+        "task: calmerge_search_dev\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {data}\ntest_split: test\noutput_type: multiple_choice\n"
+        'doc_to_text: "{{question}}"\ndoc_to_choice: "{{choices}}"\n'
+        'doc_to_target: "{{answer}}"\nmetric_list:\n  - metric: acc\n')
+    return folder
+
+
+def mergenetic_evaluate(model_dir: Path, task_dir: Path,
+                        n_anchor: int) -> tuple[list[list[float]], dict[str, float]]:
+    """One candidate as Mergenetic's LmHarnessEvaluator evaluates it: a fresh TaskManager, the
+    task's test split cut to the anchor ids, the checkpoint loaded as an lm-eval model,
+    simple_evaluate. Returns each anchor's per-choice log-likelihoods, in dev order, and the
+    seconds of each step."""
+    import logging
+    import warnings
+
+    from lm_eval.evaluator import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    logging.getLogger("lm-eval").setLevel(logging.ERROR)
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    start = time.perf_counter()
+    manager = TaskManager(include_path=str(task_dir))
+    with warnings.catch_warnings():  # Mergenetic's call, deprecated in lm-eval 0.4.13
+        warnings.simplefilter("ignore", DeprecationWarning)
+        task = manager.load_task_or_group("calmerge_search_dev")["calmerge_search_dev"]
+    task.dataset["test"] = task.dataset["test"].select(range(n_anchor))
+    tasks_s = time.perf_counter() - start
+    lm = HFLM(pretrained=str(model_dir), device="cpu", dtype="bfloat16", batch_size=8)
+    load_s = time.perf_counter() - start - tasks_s
+    out = simple_evaluate(lm, tasks=[task], log_samples=True)
+    eval_s = time.perf_counter() - start - tasks_s - load_s
+    samples = sorted(out["samples"]["calmerge_search_dev"], key=lambda s: s["doc_id"])
+    return ([[float(r[0]) for r in s["filtered_resps"]] for s in samples],
+            {"lm_tasks": tasks_s, "lm_load": load_s, "lm_eval": eval_s})
 
 
 #: a mid size for the loop's disk round trip to weigh what it weighs on real models

@@ -324,3 +324,12 @@ def test_a_diversity_search_resumes_from_the_cli(diverse, capsys):
     out = _cli(argv, capsys)
     assert "0 evaluations computed this session" in out, out
     assert _front(tmp / "runs.db") == [c.genome for c in v.front]
+
+
+def test_a_diversity_search_exports_its_knee_with_its_numbers(diverse, tmp_path, capsys):
+    _, tmp, v = diverse
+    _cli(["export", "--store", str(tmp / "runs.db"), "--pick", "knee", "-o",
+          str(tmp_path / "exp")], capsys)
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "distinct-2 ↑" in card  # the verdict sentence, in three objectives
+    assert (tmp_path / "exp" / "mergekit_config.yml").is_file()

@@ -172,6 +172,7 @@ class Search:
         self.task = self.sweep.tasks[0]
         self.n_dev = len(self.task.scorers["dev"].items)
         n_p = len(self.dev_prompts)
+        self._parents_known: list[Any] | None = None
         self.rung = AnchorRung(self.sweep, self.n_anchors, diversity=self.diversity,
                                prompts=self.dev_prompts,
                                k_prompts=min(n_p, cfg.anchor_prompts or default_anchor_prompts(n_p)))
@@ -364,7 +365,13 @@ class Search:
         return sorted(keep, key=lambda i: (rank[i], *f[i], field_[i].genome))
 
     def _parent_bounds(self) -> list[Any]:
-        """The parents' exact dev numbers: a candidate they dominate is not worth promoting."""
+        """The parents' exact dev numbers: a candidate they dominate is not worth promoting
+        (read once: every generation races against them)."""
+        if self._parents_known is None:
+            self._parents_known = self._read_parent_bounds()
+        return self._parents_known
+
+    def _read_parent_bounds(self) -> list[Any]:
         out = []
         for lam in (0.0, 1.0):
             pid = self._lam_point(lam)
