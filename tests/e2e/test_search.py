@@ -332,4 +332,5 @@ def test_a_diversity_search_exports_its_knee_with_its_numbers(diverse, tmp_path,
           str(tmp_path / "exp")], capsys)
     card = (tmp_path / "exp" / "README.md").read_text()
     assert "distinct-2 ↑" in card  # the verdict sentence, in three objectives
+    assert any(f"Per-layer candidate {c.point_id} " in card for c in v.front)  # a frontier member
     assert (tmp_path / "exp" / "mergekit_config.yml").is_file()
