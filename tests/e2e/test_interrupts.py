@@ -19,6 +19,14 @@ from test_faults import ENV
 from test_sweep import write_items
 
 
+def _default_sigint() -> None:
+    """The child starts with Ctrl-C's default disposition. A suite launched in the background
+    (`make test &`, nohup) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler — correctly: an ignored signal stays ignored — so the test would
+    measure how it was launched instead of calmerge."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for_done_points(store: Path, n: int, proc: subprocess.Popen, timeout: float = 60) -> None:
     """Block until the sweep has committed `n` points (so the signal lands mid-sweep)."""
     end = time.monotonic() + timeout
@@ -49,7 +57,7 @@ def test_a_signalled_sweep_says_what_it_kept_and_resumes(tiny_pair, tmp_path, si
     data = write_items(tmp_path / "items.jsonl", 48)
     argv = _sweep(tiny_pair, data, tmp_path)
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     _wait_for_done_points(tmp_path / "runs.db", 2, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -76,7 +84,7 @@ def test_an_interrupted_eval_writes_nothing(tiny_pair, tmp_path):
             "--prompts", str(prompts), "--samples", "16", "--max-new-tokens", "64",
             "--no-embed", "--device", "cpu", "--output", str(out)]
     proc = subprocess.Popen(argv, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=_default_sigint)
     time.sleep(4)  # past start-up, inside scoring or sampling
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
