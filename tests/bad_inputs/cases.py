@@ -403,7 +403,7 @@ def markdown() -> str:
         "",
         "Faults done for real, in subprocesses (`tests/e2e/test_faults.py`):",
         "",
-        "- kill -9 at random moments during a sweep, 20 trials on 4 stores: `PRAGMA integrity_check` is ok",
+        "- kill -9 at random moments during a sweep, 12 trials on 3 stores: `PRAGMA integrity_check` is ok",
         "  after every kill, no finished point is ever recomputed, and each re-run ends with metrics and",
         "  per-item predictions identical to an uninterrupted run;",
         "- kill -9 during `calmerge merge`: the output is either absent or complete and loadable; the",
