@@ -294,7 +294,9 @@ def analyse_search(store: str | Path, run: str | None) -> SearchAnalysis:
     study = rec.config["study"]
     space = parse_space(study["space"])
     objectives = tuple(study["objectives"])
-    diversity = next((o for o in objectives if o not in ("acc", "ece")), None)
+    from calmerge.eval.metrics import diversity_of
+
+    diversity = diversity_of(objectives)
     got = load_search(db, rec.id, n_bins=cfg.n_bins, diversity=diversity, seed=cfg.seed)
     v = search_verdict(
         got.candidates, got.lam_points, genes=space.genes, test_predictions=got.test_predictions,

@@ -742,7 +742,9 @@ class SearchConfig(EvalSettings):
     @property
     def diversity(self) -> str | None:
         """The diversity objective (a generation metric), if the search has one."""
-        return next((o for o in self.objectives if o not in ("acc", "ece")), None)
+        from calmerge.eval.metrics import diversity_of
+
+        return diversity_of(self.objectives)
 
     @model_validator(mode="after")
     def _diversity_needs_prompts(self) -> SearchConfig:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from calmerge.analysis.pareto import Point, pareto_front, value_of
-from calmerge.eval.metrics import Metric
+from calmerge.eval.metrics import Metric, diversity_of
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def search_verdict(
     from calmerge.analysis.pareto import find_lam
 
     objs = tuple(objectives)
-    div = next((o for o in objs if o not in ("acc", "ece")), None)
+    div = diversity_of(objs)
     full = [c for c in candidates if c.full]
     front_pts = pareto_front([c.point for c in full], objs, "dev")
     front = [c for c in full if any(c.point is p for p in front_pts) and "test" in c.point.metrics]

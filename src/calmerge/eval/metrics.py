@@ -451,3 +451,8 @@ def generation_objective(name: str) -> str:
     if name != DIVERSITY:
         return name
     return next(s.name for s in diversity_candidates() if s.source == "generations")
+
+
+def diversity_of(objectives: Sequence[str]) -> str | None:
+    """The diversity objective among a search's objectives (the one beside acc and ECE)."""
+    return next((o for o in objectives if o not in ("acc", "ece")), None)
